@@ -1,0 +1,1 @@
+"""holdsvc: seat holds in Redis, bookings durable in SQL."""

@@ -1,0 +1,5 @@
+import sys
+
+from holdsvc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,24 @@
+"""Typed keys of every resource the app factory puts on the application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from holdsvc.bookings import Bookings
+from holdsvc.expiry import Expirer
+from holdsvc.flights import Flights
+from holdsvc.holds import HoldStore
+from holdsvc.settings import Settings
+from persistence.persister import Persister
+from persistence.sqlite_store import SqlStore
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS_URL = web.AppKey("redis_url", str)
+REDIS = web.AppKey("redis", Redis)
+STORE = web.AppKey("store", SqlStore)
+HOLDS = web.AppKey("holds", HoldStore)
+FLIGHTS = web.AppKey("flights", Flights)
+BOOKINGS = web.AppKey("bookings", Bookings)
+EXPIRER = web.AppKey("expirer", Expirer)
+PERSISTER = web.AppKey("persister", Persister)

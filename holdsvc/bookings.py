@@ -1,0 +1,275 @@
+"""The booking lifecycle: each action checks the state machine, does its atomic Redis step and
+its compare-and-set in SQL, in the order that keeps a seat from ever being sold twice.
+
+Ordering rules, and why:
+- A hold is granted by Redis first (the atomic all-or-nothing step), then recorded in SQL.
+- A payment starts only after Redis fenced it to this booking's hold and extended the hold.
+- A confirm books the seats in Redis (inside the script that checks the hold is still ours)
+  before SQL says CONFIRMED, and the answer waits for the SQL commit.
+- A cancel commits CANCELLED in SQL before Redis frees the seats, so a crash in between can
+  leave a seat blocked, never sold twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import Enum
+
+from holdsvc.errors import (
+    Conflict,
+    InvalidTransition,
+    NotFound,
+    SeatsNotAvailable,
+    ValidationError,
+)
+from holdsvc.flights import Flight, Flights
+from holdsvc.holds import Confirm, Held, HoldStore, NotEnough, Taken
+from holdsvc.payments import MockGateway
+from holdsvc.settings import Settings
+from holdsvc.states import HOLDS_SEATS, State, require, sources
+from persistence.sqlite_store import (
+    BookingRecord,
+    Move,
+    NewBooking,
+    PaymentChange,
+    PaymentChanged,
+    SeatOwnedInSql,
+    SqlStore,
+    now_ms,
+)
+
+log = logging.getLogger(__name__)
+
+ALL_STATES = frozenset(s.value for s in State)
+
+
+def new_booking_id() -> str:
+    """96 random bits: unguessable, and short because it is every held seat's Redis value."""
+    return secrets.token_urlsafe(12)
+
+
+def move(target: State, cause: str) -> Move:
+    """The compare-and-set for entering ``target``, its sources taken from the one table."""
+    return Move(
+        target=target.value,
+        sources=frozenset(s.value for s in sources(target)),
+        cause=cause,
+        seats_live=target in HOLDS_SEATS,
+    )
+
+
+class PayOutcome(Enum):
+    CONFIRMED = "confirmed"
+    DECLINED = "declined"
+
+
+class HoldLostDuringPayment(Conflict):
+    def __init__(self, state: str) -> None:
+        super().__init__(
+            "The hold expired before the payment completed; the payment was refunded",
+            state=state,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    flight_id: int
+    user_id: str
+    seats: list[str] | None
+    seat_count: int | None
+
+
+class Bookings:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SqlStore,
+        holds: HoldStore,
+        flights: Flights,
+        gateway: MockGateway,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._holds = holds
+        self._flights = flights
+        self._gateway = gateway
+
+    async def get(self, booking_id: str) -> BookingRecord:
+        booking = await self._store.get_booking(booking_id)
+        if booking is None:
+            raise NotFound("Booking not found")
+        return booking
+
+    async def hold(self, req: HoldRequest) -> BookingRecord:
+        flight = await self._flights.get(req.flight_id)
+        booking_id = new_booking_id()
+        ttl = self._settings.hold_ttl_ms
+        if req.seats is not None:
+            unknown = [s for s in req.seats if s not in flight.seat_set]
+            if unknown:
+                raise ValidationError("Unknown seats for this flight", seats=unknown)
+            result: Held | Taken | NotEnough = await self._holds.hold(
+                flight.id, req.seats, booking_id, ttl
+            )
+        else:
+            assert req.seat_count is not None
+            result = await self._holds.hold_best(
+                flight.id,
+                req.seat_count,
+                flight.record.rows,
+                flight.record.seat_letters,
+                booking_id,
+                ttl,
+            )
+        if isinstance(result, Taken):
+            raise SeatsNotAvailable(seats=result.seats)
+        if isinstance(result, NotEnough):
+            raise SeatsNotAvailable(requested=req.seat_count, available=result.free)
+
+        new = NewBooking(
+            id=booking_id,
+            flight_id=flight.id,
+            user_id=req.user_id,
+            state=State.SEAT_HELD.value,
+            seats=result.seats,
+            amount=_amount(flight, len(result.seats)),
+            currency=flight.record.currency,
+            hold_expires_at=result.deadline_ms,
+            created_at=now_ms(),
+        )
+        try:
+            superseded = await self._store.insert_hold(new, move(State.EXPIRED, "superseded"))
+        except SeatOwnedInSql as exc:
+            # Redis granted seats that SQL says are sold: Redis lost data. Never sell twice.
+            log.error("hold %s refused: %s", booking_id, exc)
+            await self._holds.release(flight.id, result.seats, booking_id)
+            raise SeatsNotAvailable(seats=result.seats) from exc
+        except Exception:
+            await self._holds.release(flight.id, result.seats, booking_id)
+            raise
+        if superseded:
+            log.info("hold %s superseded expired holds %s", booking_id, superseded)
+        return BookingRecord(
+            id=new.id,
+            flight_id=new.flight_id,
+            user_id=new.user_id,
+            state=new.state,
+            seats=new.seats,
+            amount=new.amount,
+            currency=new.currency,
+            hold_expires_at=new.hold_expires_at,
+            created_at=new.created_at,
+            updated_at=new.created_at,
+            payment=None,
+        )
+
+    async def pay(self, booking_id: str, method: str) -> tuple[PayOutcome, BookingRecord]:
+        booking = await self.get(booking_id)
+        require(State(booking.state), State.PAYMENT_PENDING)
+        deadline = await self._holds.begin_payment(
+            booking.flight_id, booking.seats, booking_id, self._settings.payment_window_ms
+        )
+        if deadline is None:
+            # The hold lapsed and its expiry is not recorded yet: record it now.
+            moved = await self._store.transition(
+                booking_id, move(State.EXPIRED, "pay-after-expiry")
+            )
+            raise InvalidTransition(str(moved.state), State.PAYMENT_PENDING.value)
+        moved = await self._store.transition(
+            booking_id,
+            move(State.PAYMENT_PENDING, "pay"),
+            payment=PaymentChange(
+                "pending", method=method, amount=booking.amount, currency=booking.currency
+            ),
+            hold_expires_at=deadline,
+        )
+        if not moved.moved:
+            raise InvalidTransition(str(moved.state), State.PAYMENT_PENDING.value)
+
+        charge = await self._gateway.charge(booking_id, booking.amount, booking.currency, method)
+        if not charge.captured:
+            await self._store.transition(
+                booking_id,
+                move(State.CANCELLED, "payment-failed"),
+                payment=PaymentChange("failed", {"pending"}, payment_id=charge.payment_id),
+            )
+            await self._holds.release(booking.flight_id, booking.seats, booking_id)
+            return PayOutcome.DECLINED, await self.get(booking_id)
+
+        if (
+            await self._holds.confirm(booking.flight_id, booking.seats, booking_id)
+            is Confirm.HOLD_LOST
+        ):
+            await self._refund_lost(booking, charge.payment_id, "hold-lost-during-payment")
+            raise HoldLostDuringPayment((await self.get(booking_id)).state)
+        moved = await self._store.transition(
+            booking_id,
+            move(State.CONFIRMED, "payment-captured"),
+            payment=PaymentChange("captured", {"pending"}, payment_id=charge.payment_id),
+        )
+        if not moved.moved:
+            # Cancelled or expired while the charge ran: give the seats and the money back.
+            await self._holds.release(booking.flight_id, booking.seats, booking_id)
+            await self._refund_lost(booking, charge.payment_id, "changed-during-payment")
+            raise InvalidTransition(str(moved.state), State.CONFIRMED.value)
+        return PayOutcome.CONFIRMED, await self.get(booking_id)
+
+    async def _refund_lost(self, booking: BookingRecord, payment_id: str, cause: str) -> None:
+        """Refund a capture whose seats could not be booked, and record the booking's end."""
+        await self._gateway.refund(payment_id)
+        refunded = PaymentChange("refunded", {"pending"}, payment_id=payment_id)
+        moved = await self._store.transition(
+            booking.id, move(State.EXPIRED, cause), payment=refunded
+        )
+        if not moved.moved:
+            await self._store.change_payment(booking.id, refunded, booking_in=ALL_STATES)
+        log.warning("booking %s: captured payment refunded (%s)", booking.id, cause)
+
+    async def cancel(self, booking_id: str) -> BookingRecord:
+        booking = await self.get(booking_id)
+        require(State(booking.state), State.CANCELLED)
+        moved = await self._store.transition(booking_id, move(State.CANCELLED, "customer-cancel"))
+        if not moved.moved:
+            raise InvalidTransition(str(moved.state), State.CANCELLED.value)
+        await self._holds.release(booking.flight_id, booking.seats, booking_id)
+        return await self.get(booking_id)
+
+    async def refund(self, booking_id: str) -> BookingRecord:
+        booking = await self.get(booking_id)
+        require(State(booking.state), State.REFUNDED)
+        payment = booking.payment
+        if payment is None or payment.status not in {"captured", "refunding"}:
+            raise Conflict(
+                "No captured payment to refund",
+                payment_status=payment.status if payment else None,
+            )
+        try:
+            claimed = await self._store.change_payment(
+                booking_id,
+                PaymentChange("refunding", {"captured"}),
+                booking_in=move(State.REFUNDED, "refund").sources,
+            )
+        except PaymentChanged as exc:
+            if exc.status == "refunding":
+                raise Conflict("A refund of this booking is already in progress") from exc
+            raise Conflict("No captured payment to refund", payment_status=exc.status) from exc
+        if not claimed.moved:
+            raise InvalidTransition(str(claimed.state), State.REFUNDED.value)
+        assert payment.payment_id is not None
+        await self._gateway.refund(payment.payment_id)
+        moved = await self._store.transition(
+            booking_id,
+            move(State.REFUNDED, "refund"),
+            payment=PaymentChange("refunded", {"refunding"}),
+        )
+        if not moved.moved:
+            raise InvalidTransition(str(moved.state), State.REFUNDED.value)
+        return await self.get(booking_id)
+
+
+def _amount(flight: Flight, seats: int) -> str:
+    price = Decimal(flight.record.price)
+    return str((price * seats).quantize(price))

@@ -1,0 +1,76 @@
+"""``holdsvc`` command line: ``holdsvc serve [flags]``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+from aiohttp import web
+
+from holdsvc import appkeys as k
+from holdsvc.app import create_app
+from holdsvc.embedded_redis import EmbeddedRedisError
+from holdsvc.scripts import ScriptLoadError
+from holdsvc.settings import Settings
+from persistence.sqlite_store import NewFlight
+
+log = logging.getLogger("holdsvc")
+
+DEMO_FLIGHT = NewFlight(
+    flight_number="AI101",
+    origin="DEL",
+    destination="BOM",
+    departure_time="2026-12-01T09:30:00Z",
+    rows=30,
+    seat_letters="ABCDEF",
+    price="4999.00",
+    currency="INR",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    command, settings = Settings.from_env_and_argv(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if command == "serve":
+        return serve(settings)
+    raise AssertionError(f"unhandled command {command}")
+
+
+def serve(settings: Settings) -> int:
+    app = create_app(settings)
+    if settings.demo:
+        app.cleanup_ctx.append(_demo_flight)
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=lambda text: print(text, flush=True),
+            access_log=None,
+        )
+    except (EmbeddedRedisError, ScriptLoadError, OSError) as exc:
+        print(f"holdsvc: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _demo_flight(app: web.Application) -> AsyncIterator[None]:
+    settings = app[k.SETTINGS]
+    store = app[k.STORE]
+    record = await store.find_flight(DEMO_FLIGHT.flight_number, DEMO_FLIGHT.departure_time)
+    if record is None:
+        flight_id = (await app[k.FLIGHTS].create(DEMO_FLIGHT)).id
+    else:
+        flight_id = record.id
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"demo flight {DEMO_FLIGHT.flight_number} has id {flight_id}; hold two seats with:\n"
+        f"  curl -s -X POST {base}/api/bookings/ -H 'Content-Type: application/json'"
+        f' -d \'{{"flight_id": {flight_id}, "user_id": "u1", "seats": ["1A", "1B"]}}\'',
+        flush=True,
+    )
+    yield

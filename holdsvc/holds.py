@@ -1,0 +1,144 @@
+"""Seat holds in Redis: one method per Lua script, each reply mapped to a result here, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from redis.asyncio import Redis
+
+from holdsvc import keys
+from holdsvc.scripts import Scripts, UnknownScriptReply
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    seats: list[str]
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Nothing was held; these seats belong to someone else."""
+
+    seats: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class NotEnough:
+    """Nothing was held; the flight has only ``free`` free seats."""
+
+    free: int
+
+
+class Confirm(Enum):
+    BOOKED = 1
+    ALREADY_BOOKED = 2
+    HOLD_LOST = 0
+
+
+class SeatStatus(Enum):
+    AVAILABLE = "available"
+    HELD = "held"
+    BOOKED = "booked"
+
+
+class HoldStore:
+    """Atomic seat operations of one Redis; every method is one round trip."""
+
+    def __init__(self, redis: Redis, scripts: Scripts) -> None:
+        self.redis = redis
+        self._s = scripts
+
+    async def hold(
+        self, flight_id: int, seats: list[str], booking_id: str, ttl_ms: int
+    ) -> Held | Taken:
+        reply = await self._s.hold_seats(
+            keys=[keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
+            args=[booking_id, ttl_ms],
+        )
+        match reply:
+            case [1, int(deadline)]:
+                return Held(seats, deadline)
+            case [2, *positions] if positions:
+                return Taken([seats[int(p) - 1] for p in positions])
+        raise UnknownScriptReply("hold_seats", reply)
+
+    async def hold_best(
+        self, flight_id: int, count: int, rows: int, letters: str, booking_id: str, ttl_ms: int
+    ) -> Held | NotEnough:
+        reply = await self._s.hold_best(
+            keys=[keys.deadlines(flight_id)],
+            args=[booking_id, ttl_ms, count, rows, letters],
+        )
+        match reply:
+            case [1, int(deadline), *names] if len(names) == count:
+                return Held([n.decode() for n in names], deadline)
+            case [2, int(free)]:
+                return NotEnough(free)
+        raise UnknownScriptReply("hold_best", reply)
+
+    async def begin_payment(
+        self, flight_id: int, seats: list[str], booking_id: str, window_ms: int
+    ) -> int | None:
+        """Extend the hold through the payment; None when the hold is no longer this booking's."""
+        reply = await self._s.begin_payment(
+            keys=[keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
+            args=[booking_id, window_ms],
+        )
+        match reply:
+            case [1, int(deadline)]:
+                return deadline
+            case [0]:
+                return None
+        raise UnknownScriptReply("begin_payment", reply)
+
+    async def confirm(self, flight_id: int, seats: list[str], booking_id: str) -> Confirm:
+        reply = await self._s.confirm_seats(
+            keys=[keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
+            args=[booking_id],
+        )
+        if isinstance(reply, int) and reply in (0, 1, 2):
+            return Confirm(reply)
+        raise UnknownScriptReply("confirm_seats", reply)
+
+    async def release(self, flight_id: int, seats: list[str], booking_id: str) -> int:
+        reply = await self._s.release_seats(
+            keys=[keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
+            args=[booking_id],
+        )
+        if isinstance(reply, int) and 0 <= reply <= len(seats):
+            return reply
+        raise UnknownScriptReply("release_seats", reply)
+
+    async def due(self, flight_id: int, limit: int) -> list[str]:
+        """Booking ids of this flight whose hold deadline has passed."""
+        reply = await self._s.due_holds(keys=[keys.deadlines(flight_id)], args=[limit])
+        if isinstance(reply, list):
+            return [b.decode() for b in reply]
+        raise UnknownScriptReply("due_holds", reply)
+
+    async def forget(self, flight_id: int, booking_ids: list[str]) -> None:
+        """Drop holds from the deadline index once their expiry is recorded in SQL."""
+        if booking_ids:
+            await self.redis.zrem(keys.deadlines(flight_id), *booking_ids)
+
+    async def seat_statuses(self, flight_id: int, seats: list[str]) -> list[SeatStatus]:
+        values = await self.redis.mget(keys.seats(flight_id, seats))
+        return [_status(v) for v in values]
+
+    async def free_counts(self, flights: list[tuple[int, list[str]]]) -> list[int]:
+        """Free seats of several flights in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for flight_id, seats in flights:
+                pipe.mget(keys.seats(flight_id, seats))
+            replies = await pipe.execute()
+        return [sum(1 for v in values if v is None) for values in replies]
+
+
+def _status(value: bytes | str | None) -> SeatStatus:
+    if value is None:
+        return SeatStatus.AVAILABLE
+    if value[:1] in (keys.BOOKED_PREFIX, keys.BOOKED_PREFIX.decode()):
+        return SeatStatus.BOOKED
+    return SeatStatus.HELD

@@ -1,0 +1,45 @@
+"""Every Redis key holdsvc uses, built in one place.
+
+All keys of a flight share the hash tag ``{f:<id>}`` so that every script touching one flight
+runs on one Redis Cluster slot. Names are short on purpose: a held seat is one key, and its
+name's bytes are Redis memory multiplied by every seat on sale.
+"""
+
+from __future__ import annotations
+
+# Seat keys are ``{f:<id>}:<seat>``; seat names always start with a row digit, so they can never
+# collide with the one-letter suffixes of the flight's other keys below.
+_DEADLINES = "d"
+
+# A confirmed seat keeps this prefix before the booking id, and no TTL: expiry can never free it.
+BOOKED_PREFIX = b"!"
+
+
+def tag(flight_id: int) -> str:
+    return f"{{f:{flight_id}}}"
+
+
+def seat(flight_id: int, seat_name: str) -> str:
+    return f"{{f:{flight_id}}}:{seat_name}"
+
+
+def seats(flight_id: int, seat_names: list[str]) -> list[str]:
+    prefix = f"{{f:{flight_id}}}:"
+    return [prefix + s for s in seat_names]
+
+
+def deadlines(flight_id: int) -> str:
+    """Sorted set of the flight's live holds: member = booking id, score = deadline (ms)."""
+    return f"{{f:{flight_id}}}:{_DEADLINES}"
+
+
+def flight_of(key: bytes | str) -> int | None:
+    """The flight id in a key of ours, or None for a key that is not ours."""
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    if not text.startswith("{f:"):
+        return None
+    end = text.find("}", 3)
+    if end < 0:
+        return None
+    number = text[3:end]
+    return int(number) if number.isdigit() else None

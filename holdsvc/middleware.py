@@ -1,0 +1,87 @@
+"""The two middlewares: errors to JSON (outermost), and Idempotency-Key replay."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from holdsvc.appkeys import SETTINGS, STORE
+from holdsvc.errors import Conflict, IdempotencyMismatch, ValidationError
+from holdsvc.responses import error_response
+from persistence.sqlite_store import Claim
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc)
+    except Exception as exc:
+        return error_response(exc)
+
+
+@web.middleware
+async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The same key and body get the first answer again, errors included (as Stripe does).
+
+    The key is claimed in SQL before the handler runs, so a concurrent duplicate, in this
+    process or another, is told 409 instead of running twice; a different body under the same
+    key is refused with 422. A 5xx is not kept: the retry runs again.
+    """
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None or request.method != "POST":
+        return await handler(request)
+    if not _KEY.match(key):
+        raise ValidationError(f"{IDEMPOTENCY_HEADER} must be 1 to 255 visible ASCII characters")
+    body = await request.read()
+    fingerprint = hashlib.sha256(
+        b"\0".join((request.method.encode(), request.path.encode(), body))
+    ).digest()
+    settings = request.app[SETTINGS]
+    store = request.app[STORE]
+    claim = await store.claim_key(
+        key,
+        fingerprint,
+        lease_ms=round((settings.payment_window + 30) * 1000),
+        ttl_ms=round(settings.idempotency_ttl * 1000),
+    )
+    if claim.claim is Claim.MISMATCH:
+        raise IdempotencyMismatch(
+            "Idempotency-Key was already used with a different request",
+        )
+    if claim.claim is Claim.RUNNING:
+        raise Conflict("A request with this Idempotency-Key is still in progress")
+    if claim.claim is Claim.REPLAY:
+        assert claim.status is not None and claim.body is not None
+        return web.Response(
+            body=claim.body,
+            status=claim.status,
+            content_type="application/json",
+            headers={REPLAYED_HEADER: "true"},
+        )
+
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            await store.release_key(key)
+            raise
+        response = error_response(exc)
+    except Exception as exc:
+        response = error_response(exc)
+    if response.status >= 500 or not isinstance(response, web.Response) or response.body is None:
+        await store.release_key(key)
+        return response
+    assert isinstance(response.body, bytes)
+    await store.complete_key(key, response.status, response.body)
+    return response

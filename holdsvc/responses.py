@@ -1,0 +1,88 @@
+"""JSON views of the domain, and the one mapping of errors to HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from holdsvc.errors import DomainError
+from holdsvc.flights import Flight
+from holdsvc.states import HOLDS_SEATS, State
+from persistence.sqlite_store import BookingRecord
+
+log = logging.getLogger(__name__)
+
+_HOLDING = frozenset({State.SEAT_HELD.value, State.PAYMENT_PENDING.value})
+assert _HOLDING <= {s.value for s in HOLDS_SEATS}
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def iso_ms(ms: int) -> str:
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def booking_view(b: BookingRecord) -> dict[str, Any]:
+    payment = None
+    if b.payment is not None:
+        payment = {
+            "status": b.payment.status,
+            "amount": b.payment.amount,
+            "currency": b.payment.currency,
+        }
+    return {
+        "id": b.id,
+        "state": b.state,
+        "flight_id": b.flight_id,
+        "user_id": b.user_id,
+        "seats": b.seats,
+        "amount": b.amount,
+        "currency": b.currency,
+        # Only a live hold has a deadline worth showing.
+        "hold_expires_at": iso_ms(b.hold_expires_at) if b.state in _HOLDING else None,
+        "created_at": iso_ms(b.created_at),
+        "updated_at": iso_ms(b.updated_at),
+        "payment": payment,
+    }
+
+
+def flight_view(f: Flight, available: int) -> dict[str, Any]:
+    r = f.record
+    return {
+        "id": r.id,
+        "flight_number": r.flight_number,
+        "origin": r.origin,
+        "destination": r.destination,
+        "departure_time": r.departure_time,
+        "rows": r.rows,
+        "seat_letters": r.seat_letters,
+        "price": r.price,
+        "currency": r.currency,
+        "seats_total": len(f.seats),
+        "seats_available": available,
+    }
+
+
+def error_response(exc: Exception) -> web.Response:
+    """The JSON answer for any exception a handler raised; 500s say nothing of the cause."""
+    if isinstance(exc, DomainError):
+        return json_response(exc.body(), exc.status)
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return json_response({"error": exc.reason}, exc.status, headers)
+    log.error("unexpected error", exc_info=exc)
+    return json_response({"error": "Internal server error"}, 500)

@@ -1,0 +1,162 @@
+"""The one typed settings object: CLI flags override ``HOLDSVC_*`` variables override defaults.
+
+Nothing else in holdsvc reads ``os.environ``; everything gets a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "HOLDSVC_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # None: start an embedded Redis-compatible server in data_dir and stop it on exit.
+    redis_url: str | None = None
+    # Which server binary the embedded mode runs: "auto" (redis-server or valkey-server on PATH,
+    # else the pip-shipped one), "bundled" (always the pip-shipped one), or a path.
+    redis_server: str = "auto"
+    data_dir: Path = Path("holdsvc-data")
+    # None: <data_dir>/holdsvc.sqlite3
+    db: Path | None = None
+    # Ten minutes, as the seed airline system held seats.
+    hold_ttl: float = 600.0
+    # How long a started payment keeps the hold alive (the gateway must answer within it).
+    payment_window: float = 120.0
+    max_seats_per_booking: int = 10
+    # Off only in tests and for a standalone persister elsewhere: holds then expire in Redis
+    # but nothing here records EXPIRED.
+    persister_enabled: bool = True
+    # Kept at least 24 h, as Stripe and pretix keep theirs.
+    idempotency_ttl: float = 86400.0
+    max_body_bytes: int = 64 * 1024
+    log_level: str = "INFO"
+    demo: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.db if self.db is not None else self.data_dir / "holdsvc.sqlite3"
+
+    @property
+    def hold_ttl_ms(self) -> int:
+        return max(1, round(self.hold_ttl * 1000))
+
+    @property
+    def payment_window_ms(self) -> int:
+        return max(1, round(self.payment_window * 1000))
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env_and_argv(
+        cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> tuple[str, Settings]:
+        """Parse ``holdsvc <command> [flags]``; returns the command and the settings."""
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        values = _from_env(os.environ if env is None else env, parser)
+        for f in dataclasses.fields(cls):
+            given = getattr(args, f.name, None)
+            if given is not None:
+                values[f.name] = given
+        try:
+            settings = cls(**values)
+            settings.validate()
+        except ValueError as exc:
+            parser.error(str(exc))
+        return args.command, settings
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1..65535, got {self.port}")
+        if self.hold_ttl <= 0 or self.payment_window <= 0:
+            raise ValueError("hold-ttl and payment-window must be positive")
+        if not 1 <= self.max_seats_per_booking <= 100:
+            raise ValueError("max-seats-per-booking must be 1..100")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+_CONVERTERS: dict[str, Any] = {
+    "port": int,
+    "data_dir": Path,
+    "db": Path,
+    "hold_ttl": float,
+    "payment_window": float,
+    "max_seats_per_booking": int,
+    "persister_enabled": _parse_bool,
+    "idempotency_ttl": float,
+    "max_body_bytes": int,
+    "demo": _parse_bool,
+}
+
+
+def _from_env(env: Mapping[str, str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is None:
+            continue
+        try:
+            values[f.name] = _CONVERTERS.get(f.name, str)(raw)
+        except ValueError as exc:
+            parser.error(f"{ENV_PREFIX}{f.name.upper()}: {exc}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="holdsvc",
+        description="Seat-hold and booking service. Every flag also reads HOLDSVC_<NAME>.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP API (and an embedded Redis if no URL)")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument("--redis-url", help="use this Redis instead of starting one")
+    serve.add_argument(
+        "--redis-server",
+        help="embedded server binary: auto (default), bundled (pip-shipped valkey), or a path",
+    )
+    serve.add_argument("--data-dir", type=Path, help="embedded Redis and SQLite live here")
+    serve.add_argument("--db", type=Path, help="SQLite file (default <data-dir>/holdsvc.sqlite3)")
+    serve.add_argument("--hold-ttl", type=float, help="seconds a hold lasts (default 600)")
+    serve.add_argument("--payment-window", type=float, help="seconds a payment may take")
+    serve.add_argument("--max-seats-per-booking", type=int, help="default 10")
+    serve.add_argument(
+        "--no-persister",
+        dest="persister_enabled",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not record expiries (another process does)",
+    )
+    serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    serve.add_argument(
+        "--demo",
+        action="store_const",
+        const=True,
+        default=None,
+        help="create a sample flight if missing and print a curl line to try",
+    )
+    return parser
+
+
+__all__ = ["ENV_PREFIX", "Settings", "build_parser"]

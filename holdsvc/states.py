@@ -1,0 +1,53 @@
+"""The booking state machine: the one table of allowed moves.
+
+Handlers never compare states themselves; they ask :func:`require` before acting and pass
+:func:`sources` to the store, whose compare-and-set applies the same table under the writer.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from holdsvc.errors import InvalidTransition
+
+
+class State(StrEnum):
+    INITIATED = "INITIATED"
+    SEAT_HELD = "SEAT_HELD"
+    PAYMENT_PENDING = "PAYMENT_PENDING"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+    REFUNDED = "REFUNDED"
+    EXPIRED = "EXPIRED"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.INITIATED: frozenset({State.SEAT_HELD}),
+    # The customer releases the hold (CANCELLED), or nobody pays in time (EXPIRED).
+    State.SEAT_HELD: frozenset({State.PAYMENT_PENDING, State.EXPIRED, State.CANCELLED}),
+    # CANCELLED here is a failed payment.
+    State.PAYMENT_PENDING: frozenset({State.CONFIRMED, State.CANCELLED, State.EXPIRED}),
+    State.CONFIRMED: frozenset({State.CANCELLED}),
+    State.CANCELLED: frozenset({State.REFUNDED}),
+    State.REFUNDED: frozenset(),
+    State.EXPIRED: frozenset(),
+}
+
+# States whose seats are taken: their rows count in SQL's one-live-booking-per-seat index.
+HOLDS_SEATS: frozenset[State] = frozenset({State.SEAT_HELD, State.PAYMENT_PENDING, State.CONFIRMED})
+
+_SOURCES: dict[State, frozenset[State]] = {
+    target: frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+    for target in State
+}
+
+
+def require(current: State, target: State) -> None:
+    """Raise :class:`InvalidTransition` unless ``current -> target`` is in the table."""
+    if target not in TRANSITIONS[current]:
+        raise InvalidTransition(current.value, target.value)
+
+
+def sources(target: State) -> frozenset[State]:
+    """Every state from which ``target`` may be entered (the compare-and-set's ``IN`` list)."""
+    return _SOURCES[target]

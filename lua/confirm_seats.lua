@@ -1,0 +1,33 @@
+-- confirm_seats: turn a booking's held seats into booked seats, if the hold is still its own.
+--
+-- KEYS[1]        {f:<flight>}:d      deadline index (sorted set: booking id -> deadline, Unix ms)
+-- KEYS[2..n+1]   {f:<flight>}:<seat> every seat of the booking
+-- ARGV[1]        booking id
+--
+-- A booked seat's value is "!" .. booking id and it has no TTL, so expiry can never free it.
+--
+-- Returns (closed set):
+--   1   booked now
+--   2   already booked by this booking (a retry): nothing changed
+--   0   the hold is lost (a seat expired, was released or belongs to another booking):
+--       nothing changed
+local rcall = redis.call
+local bid = ARGV[1]
+local booked = '!' .. bid
+
+local held = 0
+for i = 2, #KEYS do
+  local v = rcall('GET', KEYS[i])
+  if v == bid then
+    held = held + 1
+  elseif v ~= booked then
+    return 0
+  end
+end
+if held == 0 then return 2 end
+
+for i = 2, #KEYS do
+  rcall('SET', KEYS[i], booked)
+end
+rcall('ZREM', KEYS[1], bid)
+return 1

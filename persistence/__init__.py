@@ -1,0 +1,1 @@
+"""Durable state: the SQLite store, its group-commit writer, and the keyspace-event persister."""

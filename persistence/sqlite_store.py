@@ -1,0 +1,528 @@
+"""The SQL store: flights, bookings, their seats, history, payments and idempotency keys.
+
+Reads go through aiosqlite. Every write is an operation of the group-commit writer, and every
+state change is a compare-and-set (``UPDATE … WHERE state IN (allowed)`` with a row-count
+check): the caller passes the allowed sources from its state machine, so the rule lives there
+and the store applies it under the single writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from persistence.writer import GroupCommitWriter, WriterStats, connect
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class NewFlight:
+    flight_number: str
+    origin: str
+    destination: str
+    departure_time: str
+    rows: int
+    seat_letters: str
+    price: str
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlightRecord:
+    id: int
+    flight_number: str
+    origin: str
+    destination: str
+    departure_time: str
+    rows: int
+    seat_letters: str
+    price: str
+    currency: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    payment_id: str | None
+    method: str
+    status: str
+    amount: str
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class BookingRecord:
+    id: str
+    flight_id: int
+    user_id: str
+    state: str
+    seats: list[str]
+    amount: str
+    currency: str
+    hold_expires_at: int
+    created_at: int
+    updated_at: int
+    payment: PaymentRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewBooking:
+    id: str
+    flight_id: int
+    user_id: str
+    state: str
+    seats: list[str]
+    amount: str
+    currency: str
+    hold_expires_at: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A compare-and-set of a booking's state: ``sources -> target``, with its seats' liveness."""
+
+    target: str
+    sources: Collection[str]
+    cause: str
+    seats_live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentChange:
+    """Set the payment to ``status`` if it is now one of ``expect`` (None: create it)."""
+
+    status: str
+    expect: Collection[str] | None = None
+    payment_id: str | None = None
+    method: str = ""
+    amount: str = ""
+    currency: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The outcome of a compare-and-set: ``moved`` or not, and the state the booking is in now."""
+
+    moved: bool
+    state: str | None
+
+
+class SeatOwnedInSql(Exception):
+    """SQL says another booking owns one of these seats for good: Redis must have lost data."""
+
+    def __init__(self, owners: dict[str, str]) -> None:
+        super().__init__(f"seats owned in SQL by {owners}")
+        self.owners = owners
+
+
+class PaymentChanged(Exception):
+    """The payment was not in the expected status: the whole operation is rolled back."""
+
+    def __init__(self, booking_id: str, status: str | None) -> None:
+        super().__init__(f"payment of {booking_id} is {status}")
+        self.status = status
+
+
+class Claim(Enum):
+    NEW = "new"
+    REPLAY = "replay"
+    RUNNING = "running"
+    MISMATCH = "mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    claim: Claim
+    status: int | None = None
+    body: bytes | None = None
+
+
+_BOOKING_COLUMNS = (
+    "b.id, b.flight_id, b.user_id, b.state, b.amount, b.currency, b.hold_expires_at, "
+    "b.created_at, b.updated_at, p.payment_id, p.method, p.status, p.amount, p.currency"
+)
+_FLIGHT_COLUMNS = (
+    "id, flight_number, origin, destination, departure_time, seat_rows, seat_letters, price, "
+    "currency, created_at"
+)
+
+
+def _in(values: Collection[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _move(conn: sqlite3.Connection, booking_id: str, move: Move, at: int) -> Moved:
+    row = conn.execute("SELECT state FROM bookings WHERE id = ?", (booking_id,)).fetchone()
+    if row is None or row[0] not in move.sources:
+        return Moved(False, row[0] if row else None)
+    current = row[0]
+    updated = conn.execute(
+        "UPDATE bookings SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
+        (move.target, at, booking_id, current),
+    ).rowcount
+    if updated != 1:  # impossible under the single writer's transaction; never guessed past
+        raise RuntimeError(f"compare-and-set of {booking_id} from {current} changed {updated}")
+    conn.execute(
+        "INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (booking_id, current, move.target, move.cause, at),
+    )
+    if not move.seats_live:
+        conn.execute("UPDATE booking_seats SET live = 0 WHERE booking_id = ?", (booking_id,))
+    return Moved(True, move.target)
+
+
+def _change_payment(
+    conn: sqlite3.Connection, booking_id: str, change: PaymentChange, at: int
+) -> None:
+    if change.expect is None:
+        conn.execute(
+            "INSERT INTO payments (booking_id, payment_id, method, status, amount, currency,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                booking_id,
+                change.payment_id,
+                change.method,
+                change.status,
+                change.amount,
+                change.currency,
+                at,
+            ),
+        )
+        return
+    expect = list(change.expect)
+    updated = conn.execute(
+        "UPDATE payments SET status = ?, payment_id = COALESCE(?, payment_id), updated_at = ?"
+        f" WHERE booking_id = ? AND status IN ({_in(expect)})",
+        (change.status, change.payment_id, at, booking_id, *expect),
+    ).rowcount
+    if updated != 1:
+        row = conn.execute(
+            "SELECT status FROM payments WHERE booking_id = ?", (booking_id,)
+        ).fetchone()
+        raise PaymentChanged(booking_id, row[0] if row else None)
+
+
+class SqlStore:
+    def __init__(self, path: Path, writer: GroupCommitWriter, reader: aiosqlite.Connection):
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+
+    @classmethod
+    async def open(cls, path: Path) -> SqlStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = GroupCommitWriter(path)
+        schema = resources.files("persistence").joinpath("schema.sql").read_text("utf-8")
+
+        def create_schema(conn: sqlite3.Connection) -> None:
+            conn.executescript(schema)
+
+        await writer.start(create_schema)
+        try:
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            await reader.execute("PRAGMA busy_timeout=10000")
+            await reader.execute("PRAGMA synchronous=FULL")
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        try:
+            await self._writer.close()
+        finally:
+            await self._reader.close()
+
+    @property
+    def writer_stats(self) -> WriterStats:
+        return self._writer.stats
+
+    async def ping(self) -> bool:
+        async with self._reader.execute("SELECT 1") as cur:
+            return (await cur.fetchone()) is not None
+
+    async def pragmas(self) -> dict[str, object]:
+        """The durability settings of a fresh connection, as the store opens them."""
+        conn = connect(self.path)
+        try:
+            return {
+                "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
+                "synchronous": conn.execute("PRAGMA synchronous").fetchone()[0],
+            }
+        finally:
+            conn.close()
+
+    # ----- flights
+
+    async def create_flight(self, flight: NewFlight) -> FlightRecord:
+        at = now_ms()
+
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO flights (flight_number, origin, destination, departure_time,"
+                " seat_rows, seat_letters, price, currency, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    flight.flight_number,
+                    flight.origin,
+                    flight.destination,
+                    flight.departure_time,
+                    flight.rows,
+                    flight.seat_letters,
+                    flight.price,
+                    flight.currency,
+                    at,
+                ),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        flight_id = await self._writer.submit(op)
+        return FlightRecord(id=flight_id, created_at=at, **_fields(flight))
+
+    async def get_flight(self, flight_id: int) -> FlightRecord | None:
+        async with self._reader.execute(
+            f"SELECT {_FLIGHT_COLUMNS} FROM flights WHERE id = ?", (flight_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return FlightRecord(*row) if row else None
+
+    async def list_flights(self) -> list[FlightRecord]:
+        async with self._reader.execute(f"SELECT {_FLIGHT_COLUMNS} FROM flights ORDER BY id") as c:
+            return [FlightRecord(*row) for row in await c.fetchall()]
+
+    async def find_flight(self, flight_number: str, departure_time: str) -> FlightRecord | None:
+        async with self._reader.execute(
+            f"SELECT {_FLIGHT_COLUMNS} FROM flights WHERE flight_number = ? AND departure_time = ?"
+            " ORDER BY id LIMIT 1",
+            (flight_number, departure_time),
+        ) as cur:
+            row = await cur.fetchone()
+        return FlightRecord(*row) if row else None
+
+    # ----- bookings
+
+    async def insert_hold(self, booking: NewBooking, supersede: Move) -> list[str]:
+        """Record a booking whose seats Redis just granted it.
+
+        Redis granting a seat proves that whoever held it before lost the hold; a live SQL row
+        of such a holder (its expiry not recorded yet) is moved by ``supersede`` in the same
+        transaction. Returns the ids so moved. A seat owned for good raises
+        :class:`SeatOwnedInSql` and nothing is written.
+        """
+        at = now_ms()
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            seats = booking.seats
+            owners = conn.execute(
+                "SELECT DISTINCT bs.booking_id, b.state FROM booking_seats bs"
+                " JOIN bookings b ON b.id = bs.booking_id"
+                f" WHERE bs.flight_id = ? AND bs.live = 1 AND bs.seat IN ({_in(seats)})",
+                (booking.flight_id, *seats),
+            ).fetchall()
+            blocking = {bid: state for bid, state in owners if state not in supersede.sources}
+            if blocking:
+                raise SeatOwnedInSql(blocking)
+            for bid, _ in owners:
+                _move(conn, bid, supersede, at)
+            conn.execute(
+                "INSERT INTO bookings (id, flight_id, user_id, state, amount, currency,"
+                " hold_expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    booking.id,
+                    booking.flight_id,
+                    booking.user_id,
+                    booking.state,
+                    booking.amount,
+                    booking.currency,
+                    booking.hold_expires_at,
+                    booking.created_at,
+                    at,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO booking_seats (booking_id, pos, flight_id, seat, live)"
+                " VALUES (?, ?, ?, ?, 1)",
+                [(booking.id, i, booking.flight_id, s) for i, s in enumerate(seats)],
+            )
+            conn.execute(
+                "INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
+                " VALUES (?, 'INITIATED', ?, 'hold', ?)",
+                (booking.id, booking.state, at),
+            )
+            return [bid for bid, _ in owners]
+
+        return await self._writer.submit(op)
+
+    async def transition(
+        self,
+        booking_id: str,
+        move: Move,
+        *,
+        payment: PaymentChange | None = None,
+        hold_expires_at: int | None = None,
+    ) -> Moved:
+        """Compare-and-set one booking's state; a payment change commits with it or not at all."""
+        at = now_ms()
+
+        def op(conn: sqlite3.Connection) -> Moved:
+            moved = _move(conn, booking_id, move, at)
+            if moved.moved:
+                if payment is not None:
+                    _change_payment(conn, booking_id, payment, at)
+                if hold_expires_at is not None:
+                    conn.execute(
+                        "UPDATE bookings SET hold_expires_at = ? WHERE id = ?",
+                        (hold_expires_at, booking_id),
+                    )
+            return moved
+
+        return await self._writer.submit(op)
+
+    async def transition_many(self, booking_ids: Sequence[str], move: Move) -> list[str]:
+        """The same compare-and-set for many bookings in one operation; returns those moved."""
+        at = now_ms()
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            return [bid for bid in booking_ids if _move(conn, bid, move, at).moved]
+
+        return await self._writer.submit(op)
+
+    async def change_payment(
+        self, booking_id: str, change: PaymentChange, *, booking_in: Collection[str]
+    ) -> Moved:
+        """Change the payment only while the booking is in one of ``booking_in``.
+
+        Raises :class:`PaymentChanged` when the payment is not in ``change.expect``.
+        """
+        at = now_ms()
+        states = list(booking_in)
+
+        def op(conn: sqlite3.Connection) -> Moved:
+            row = conn.execute("SELECT state FROM bookings WHERE id = ?", (booking_id,)).fetchone()
+            if row is None or row[0] not in states:
+                return Moved(False, row[0] if row else None)
+            _change_payment(conn, booking_id, change, at)
+            return Moved(True, row[0])
+
+        return await self._writer.submit(op)
+
+    async def get_booking(self, booking_id: str) -> BookingRecord | None:
+        async with self._reader.execute(
+            f"SELECT {_BOOKING_COLUMNS} FROM bookings b"
+            " LEFT JOIN payments p ON p.booking_id = b.id WHERE b.id = ?",
+            (booking_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        async with self._reader.execute(
+            "SELECT seat FROM booking_seats WHERE booking_id = ? ORDER BY pos", (booking_id,)
+        ) as cur:
+            seats = [r[0] for r in await cur.fetchall()]
+        payment = PaymentRecord(*row[9:]) if row[11] is not None else None
+        return BookingRecord(
+            id=row[0],
+            flight_id=row[1],
+            user_id=row[2],
+            state=row[3],
+            seats=seats,
+            amount=row[4],
+            currency=row[5],
+            hold_expires_at=row[6],
+            created_at=row[7],
+            updated_at=row[8],
+            payment=payment,
+        )
+
+    async def transitions_of(self, booking_id: str) -> list[tuple[str, str, str]]:
+        """The booking's history: (from, to, cause), oldest first."""
+        async with self._reader.execute(
+            "SELECT from_state, to_state, cause FROM transitions WHERE booking_id = ? ORDER BY id",
+            (booking_id,),
+        ) as cur:
+            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+    async def live_seats(self, flight_id: int) -> list[tuple[str, str, str]]:
+        """(seat, booking id, state) of every live seat row of a flight."""
+        async with self._reader.execute(
+            "SELECT bs.seat, bs.booking_id, b.state FROM booking_seats bs"
+            " JOIN bookings b ON b.id = bs.booking_id"
+            " WHERE bs.flight_id = ? AND bs.live = 1 ORDER BY bs.seat",
+            (flight_id,),
+        ) as cur:
+            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+    # ----- idempotency keys
+
+    async def claim_key(
+        self, key: str, fingerprint: bytes, *, lease_ms: int, ttl_ms: int
+    ) -> ClaimResult:
+        """Take an idempotency key for a new request, or say what the first request left."""
+        at = now_ms()
+
+        def op(conn: sqlite3.Connection) -> ClaimResult:
+            row = conn.execute(
+                "SELECT fingerprint, status, body, started_at FROM idempotency_keys WHERE key = ?",
+                (key,),
+            ).fetchone()
+            if row is not None and row[3] >= at - ttl_ms:
+                stored_fp, status, body, started_at = row
+                if bytes(stored_fp) != fingerprint:
+                    return ClaimResult(Claim.MISMATCH)
+                if status is not None:
+                    return ClaimResult(Claim.REPLAY, status, bytes(body))
+                # A first request whose process died keeps its key only for the lease.
+                if started_at >= at - lease_ms:
+                    return ClaimResult(Claim.RUNNING)
+            conn.execute(
+                "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, body,"
+                " started_at) VALUES (?, ?, NULL, NULL, ?)",
+                (key, fingerprint, at),
+            )
+            return ClaimResult(Claim.NEW)
+
+        return await self._writer.submit(op)
+
+    async def complete_key(self, key: str, status: int, body: bytes) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE idempotency_keys SET status = ?, body = ? WHERE key = ?",
+                (status, body, key),
+            )
+
+        await self._writer.submit(op)
+
+    async def release_key(self, key: str) -> None:
+        """Forget a key whose request failed unexpectedly, so that a retry runs again."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM idempotency_keys WHERE key = ? AND status IS NULL", (key,))
+
+        await self._writer.submit(op)
+
+    async def purge_keys(self, older_than_ms: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM idempotency_keys WHERE started_at < ?", (older_than_ms,)
+            ).rowcount
+
+        return await self._writer.submit(op)
+
+
+def _fields(flight: NewFlight) -> dict[str, Any]:
+    return {f.name: getattr(flight, f.name) for f in dataclasses.fields(flight)}
