@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from holdsvc import appkeys as k
 from holdsvc.app import create_app
@@ -52,7 +54,7 @@ def serve(settings: Settings) -> int:
             print=lambda text: print(text, flush=True),
             access_log=None,
         )
-    except (EmbeddedRedisError, ScriptLoadError, OSError) as exc:
+    except (EmbeddedRedisError, ScriptLoadError, RedisError, sqlite3.Error, OSError) as exc:
         print(f"holdsvc: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,182 @@
+"""Fixtures: every test owns its Redis server (a real one, on a free port) and its SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from holdsvc.app import create_app
+from holdsvc.embedded_redis import EmbeddedRedis, find_binary, free_port
+from holdsvc.settings import Settings
+
+AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+
+SMALL_FLIGHT = {
+    "flight_number": "HS1",
+    "origin": "DEL",
+    "destination": "BOM",
+    "departure_time": "2026-12-01T09:30:00Z",
+    "rows": 2,
+    "seat_letters": "ABCDE",
+    "price": "100.00",
+    "currency": "INR",
+}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path / "redis", binary=find_binary("auto"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_server: EmbeddedRedis) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        data_dir=tmp_path,
+        db=tmp_path / "holdsvc.sqlite3",
+    )
+
+
+@pytest.fixture
+def make_client(aiohttp_client: AiohttpClient) -> Callable[[Settings], Awaitable[TestClient[Any, Any]]]:
+    async def make(settings: Settings) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(settings))
+
+    return make
+
+
+@pytest.fixture
+async def client(
+    make_client: Callable[[Settings], Awaitable[TestClient[Any, Any]]], settings: Settings
+) -> TestClient[Any, Any]:
+    return await make_client(settings)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 5.0, interval: float = 0.05
+) -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+async def new_flight(client: TestClient[Any, Any], **overrides: Any) -> dict[str, Any]:
+    resp = await client.post("/api/flights/", json={**SMALL_FLIGHT, **overrides})
+    assert resp.status == 201, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def hold(
+    client: TestClient[Any, Any], flight_id: int, seats: list[str], user: str = "u1"
+) -> dict[str, Any]:
+    resp = await client.post(
+        "/api/bookings/", json={"flight_id": flight_id, "user_id": user, "seats": seats}
+    )
+    assert resp.status == 201, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def seat_map(client: TestClient[Any, Any], flight_id: int) -> dict[str, str]:
+    resp = await client.get(f"/api/flights/{flight_id}/seats/")
+    assert resp.status == 200
+    return {s["seat"]: s["status"] for s in (await resp.json())["seats"]}
+
+
+class ServiceProcess:
+    """``holdsvc serve`` as a real child process, for restart and multi-process tests."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.args = [sys.executable, "-m", "holdsvc", "serve", "--port", str(self.port), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.output = ""
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.proc = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"holdsvc exited early:\n{self.stop()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"holdsvc did not listen within {timeout}s:\n{self.stop()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> str:
+        """Signal the process, wait for it, and return everything it printed."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.output += out or ""
+        return self.output
+
+
+@pytest.fixture
+def services() -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None) -> ServiceProcess:
+        service = ServiceProcess(args, env)
+        started.append(service)
+        service.start()
+        return service
+
+    try:
+        yield start
+    finally:
+        for service in started:
+            if service.proc is not None and service.proc.poll() is None:
+                service.stop(signal.SIGKILL)

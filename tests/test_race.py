@@ -1,0 +1,94 @@
+"""Invariant 1 under contention: racing clients, across two service processes sharing one
+Redis and one SQLite file, never get one seat into two bookings."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from holdsvc.embedded_redis import EmbeddedRedis
+from tests.conftest import SMALL_FLIGHT, ServiceProcess
+
+CLIENTS = 240
+SEATS = [f"{r}{c}" for r in (1, 2) for c in "ABCDE"]
+
+
+async def test_racing_clients_across_processes_never_share_a_seat(
+    tmp_path: Path,
+    redis_server: EmbeddedRedis,
+    redis: Redis,
+    services: Callable[..., ServiceProcess],
+) -> None:
+    db = tmp_path / "shared.sqlite3"
+    args = ["--redis-url", redis_server.url, "--db", str(db), "--data-dir", str(tmp_path)]
+    nodes = [services(args), services(args)]
+    rng = random.Random(7)
+    gate = asyncio.Event()
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        async with http.post(f"{nodes[0].base}/api/flights/", json=SMALL_FLIGHT) as resp:
+            assert resp.status == 201
+            flight_id = (await resp.json())["id"]
+
+        async def attempt(i: int) -> tuple[int, dict[str, Any], list[str]]:
+            start = rng.randrange(len(SEATS))
+            wanted = SEATS[start : start + rng.randint(1, 3)]
+            node = nodes[i % 2]
+            await gate.wait()
+            async with http.post(
+                f"{node.base}/api/bookings/",
+                json={"flight_id": flight_id, "user_id": f"u{i}", "seats": wanted},
+            ) as resp:
+                return resp.status, await resp.json(), wanted
+
+        tasks = [asyncio.create_task(attempt(i)) for i in range(CLIENTS)]
+        await asyncio.sleep(0.2)
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+
+        statuses = Counter(status for status, _, _ in results)
+        assert set(statuses) <= {201, 409}, statuses
+        winners = [body for status, body, _ in results if status == 201]
+        assert winners, "somebody must win"
+        for status, body, wanted in results:
+            if status == 409:
+                assert body["error"] == "Seats not available"
+                assert set(body["seats"]) <= set(wanted)
+
+        held = Counter(seat for w in winners for seat in w["seats"])
+        assert all(n == 1 for n in held.values()), held
+
+        # Redis: every seat a winner got holds that winner's id; no other seat is held.
+        for w in winners:
+            for seat in w["seats"]:
+                assert await redis.get(f"{{f:{flight_id}}}:{seat}") == w["id"].encode()
+        taken = {k.decode() async for k in redis.scan_iter(match=f"{{f:{flight_id}}}:[0-9]*")}
+        assert taken == {f"{{f:{flight_id}}}:{s}" for s in held}
+
+        # Every winner pays, half through each node; all confirm.
+        for n, w in enumerate(winners):
+            async with http.post(f"{nodes[n % 2].base}/api/bookings/{w['id']}/pay/") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["state"] == "CONFIRMED"
+
+    with sqlite3.connect(db) as conn:
+        doubled = conn.execute(
+            "SELECT flight_id, seat, count(*) FROM booking_seats WHERE live = 1"
+            " GROUP BY flight_id, seat HAVING count(*) > 1"
+        ).fetchall()
+        assert doubled == []
+        confirmed = conn.execute(
+            "SELECT bs.seat FROM booking_seats bs JOIN bookings b ON b.id = bs.booking_id"
+            " WHERE b.state = 'CONFIRMED'"
+        ).fetchall()
+        assert sorted(s for (s,) in confirmed) == sorted(held)
+        booked_rows = conn.execute("SELECT count(*) FROM bookings").fetchone()[0]
+        assert booked_rows == len(winners)

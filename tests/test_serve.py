@@ -1,0 +1,99 @@
+"""`holdsvc serve` as a person runs it: real processes, restarts, the fresh-machine path."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from holdsvc.embedded_redis import EmbeddedRedis
+from tests.conftest import SMALL_FLIGHT, ServiceProcess
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+async def test_serve_demo_with_the_pip_shipped_server(
+    tmp_path: Path, services: Callable[..., ServiceProcess]
+) -> None:
+    # CI machines may have a redis-server on PATH; this forces the path a fresh machine takes.
+    data = tmp_path / "data"
+    node = services(["--demo", "--redis-server", "bundled", "--data-dir", str(data)])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{node.base}/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(f"{node.base}/api/flights/") as resp:
+            [demo] = await resp.json()
+        assert demo["flight_number"] == "AI101" and demo["seats_total"] == 180
+        async with http.post(
+            f"{node.base}/api/bookings/",
+            json={"flight_id": demo["id"], "user_id": "u1", "seats": ["1A", "1B"]},
+        ) as resp:
+            assert resp.status == 201
+    output = node.stop(signal.SIGTERM)
+    assert node.proc is not None and node.proc.returncode == 0, output
+    assert "curl -s -X POST" in output and '"seats": ["1A", "1B"]' in output
+    log = (data / "redis" / "server.log").read_text()
+    assert "Valkey" in log or "valkey" in log
+    match = re.search(r"on port (\d+)", output)
+    assert match, output
+    assert not port_open(int(match.group(1))), "the embedded server must stop with the service"
+    assert (data / "holdsvc.sqlite3").exists()
+
+
+async def test_confirmed_bookings_survive_a_service_restart(
+    tmp_path: Path, redis_server: EmbeddedRedis, services: Callable[..., ServiceProcess]
+) -> None:
+    args = ["--redis-url", redis_server.url, "--db", str(tmp_path / "db.sqlite3")]
+    first = services(args)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{first.base}/api/flights/", json=SMALL_FLIGHT) as resp:
+            flight_id = (await resp.json())["id"]
+        async with http.post(
+            f"{first.base}/api/bookings/",
+            json={"flight_id": flight_id, "user_id": "u1", "seats": ["1C"]},
+        ) as resp:
+            bid = (await resp.json())["id"]
+        async with http.post(f"{first.base}/api/bookings/{bid}/pay/") as resp:
+            assert resp.status == 200
+            confirmed = await resp.json()
+        first.stop(signal.SIGTERM)
+
+        second = services(args)
+        async with http.get(f"{second.base}/api/bookings/{bid}/") as resp:
+            after = await resp.json()
+        assert after["state"] == "CONFIRMED"
+        assert {k: v for k, v in after.items()} == {
+            k: v for k, v in confirmed.items() if k != "message"
+        }
+        async with http.post(
+            f"{second.base}/api/bookings/",
+            json={"flight_id": flight_id, "user_id": "u2", "seats": ["1C"]},
+        ) as resp:
+            assert resp.status == 409
+
+
+async def test_start_up_fails_clearly_without_redis(
+    tmp_path: Path, services: Callable[..., ServiceProcess]
+) -> None:
+    node = ServiceProcess(["--redis-url", "redis://127.0.0.1:1/0", "--data-dir", str(tmp_path)])
+    try:
+        node.start(timeout=15)
+    except AssertionError as exc:
+        text = str(exc)
+    else:  # pragma: no cover - it must not listen
+        node.stop(signal.SIGKILL)
+        raise AssertionError("holdsvc listened without a Redis")
+    assert "holdsvc exited early" in text
+    assert node.proc is not None and node.proc.returncode == 1
+    assert "holdsvc: cannot start: Error 111 connecting to 127.0.0.1:1" in text
+    assert "Traceback" not in text
