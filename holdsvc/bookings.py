@@ -51,11 +51,18 @@ def new_booking_id() -> str:
     return secrets.token_urlsafe(12)
 
 
-def move(target: State, cause: str) -> Move:
-    """The compare-and-set for entering ``target``, its sources taken from the one table."""
+def move(target: State, cause: str, *, only_from: State | None = None) -> Move:
+    """The compare-and-set for entering ``target``, its sources taken from the one table.
+
+    ``only_from`` narrows the sources to the state the caller saw, for a move that is right
+    only if nothing happened to the booking meanwhile.
+    """
+    allowed = sources(target)
+    if only_from is not None:
+        allowed = allowed & {only_from}
     return Move(
         target=target.value,
-        sources=frozenset(s.value for s in sources(target)),
+        sources=frozenset(s.value for s in allowed),
         cause=cause,
         seats_live=target in HOLDS_SEATS,
     )
@@ -173,9 +180,11 @@ class Bookings:
             booking.flight_id, booking.seats, booking_id, self._settings.payment_window_ms
         )
         if deadline is None:
-            # The hold lapsed and its expiry is not recorded yet: record it now.
+            # The hold lapsed and its expiry is not recorded yet: record it now. Only from
+            # SEAT_HELD: a concurrent pay of the same booking may be confirming it.
             moved = await self._store.transition(
-                booking_id, move(State.EXPIRED, "pay-after-expiry")
+                booking_id,
+                move(State.EXPIRED, "pay-after-expiry", only_from=State(booking.state)),
             )
             raise InvalidTransition(str(moved.state), State.PAYMENT_PENDING.value)
         moved = await self._store.transition(

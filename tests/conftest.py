@@ -65,7 +65,9 @@ def settings(tmp_path: Path, redis_server: EmbeddedRedis) -> Settings:
 
 
 @pytest.fixture
-def make_client(aiohttp_client: AiohttpClient) -> Callable[[Settings], Awaitable[TestClient[Any, Any]]]:
+def make_client(
+    aiohttp_client: AiohttpClient,
+) -> Callable[[Settings], Awaitable[TestClient[Any, Any]]]:
     async def make(settings: Settings) -> TestClient[Any, Any]:
         return await aiohttp_client(create_app(settings))
 

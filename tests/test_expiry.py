@@ -53,9 +53,7 @@ async def test_hold_expires_through_the_keyspace_event(
     }
 
 
-async def test_many_holds_expire_exactly_once(
-    make_client: MakeClient, settings: Settings
-) -> None:
+async def test_many_holds_expire_exactly_once(make_client: MakeClient, settings: Settings) -> None:
     client = await make_client(settings.replace(hold_ttl=1.0))
     flight = await new_flight(client, rows=20, seat_letters="ABCDEF")
     bookings = [await hold(client, flight["id"], [f"{r}{c}"]) for r in range(1, 21) for c in "AB"]
