@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 
 from holdsvc import appkeys as k
 from holdsvc.api import add_routes
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 # Enough connections for every request the event loop can have in flight against Redis;
 # a request past that waits for one instead of failing.
 REDIS_POOL_SIZE = 64
+
+
+class StartupError(RuntimeError):
+    """A precondition of serving does not hold; start-up stops with this message."""
+
+
 IDEMPOTENCY_PURGE_EVERY_S = 3600.0
 
 
@@ -46,6 +53,7 @@ def create_app(settings: Settings) -> web.Application:
             _redis,
             _domain,
             _persister,
+            _sweeper,
             _purge_idempotency_keys,
         ]
     )
@@ -84,7 +92,11 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     redis = Redis(connection_pool=pool)
     try:
         await redis.ping()
-        await _ensure_expiry_events(redis)
+        events_on = await _ensure_expiry_events(redis)
+        if not events_on and app[k.SETTINGS].require_keyspace_events:
+            raise StartupError(
+                "Redis expiry events (notify-keyspace-events Ex) are off and cannot be turned on"
+            )
         scripts = await load_scripts(redis)
         app[k.REDIS] = redis
         app[k.HOLDS] = HoldStore(redis, scripts)
@@ -94,28 +106,33 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         await pool.disconnect()
 
 
-async def _ensure_expiry_events(redis: Redis) -> None:
-    """Expiry events are the fast path of expiry: turn them on if this Redis has them off."""
+async def _ensure_expiry_events(redis: Redis) -> bool:
+    """Expiry events are the fast path of expiry: turn them on if this Redis has them off.
+
+    Returns whether they are on. Off, expiry still happens, at the sweeper's pace.
+    """
     try:
         config = await redis.config_get("notify-keyspace-events")
-    except Exception as exc:  # CONFIG may be renamed or refused on managed Redis
+    except RedisError as exc:  # CONFIG may be renamed or refused on managed Redis
         log.warning("cannot read notify-keyspace-events (%s); expiry events may be off", exc)
-        return
-    flags = next(iter(config.values()), b"")
-    flags = flags.decode() if isinstance(flags, bytes) else str(flags)
-    has_events = ("E" in flags) and ("x" in flags or "A" in flags)
-    if has_events:
-        return
+        return False
+    raw = next(iter(config.values()), b"")
+    flags = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if "E" in flags and ("x" in flags or "A" in flags):
+        return True
     wanted = "".join(sorted(set(flags) | {"E", "x"}))
     try:
         await redis.config_set("notify-keyspace-events", wanted)
-        log.warning("notify-keyspace-events was %r; set it to %r", flags, wanted)
-    except Exception as exc:
+    except RedisError as exc:
         log.warning(
-            "notify-keyspace-events is %r and cannot be changed (%s): expiry events are off",
+            "Redis expiry events are OFF (notify-keyspace-events=%r) and cannot be turned on"
+            " (%s): holds expire only at the sweeper's pace",
             flags,
             exc,
         )
+        return False
+    log.warning("Redis expiry events were off (%r); turned them on (%r)", flags, wanted)
+    return True
 
 
 async def _domain(app: web.Application) -> AsyncIterator[None]:
@@ -145,6 +162,27 @@ async def _persister(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(persister.run(), name="persister")
     try:
         await asyncio.wait_for(persister.subscribed.wait(), timeout=10)
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+    settings = app[k.SETTINGS]
+    expirer = app[k.EXPIRER]
+    grace_ms = round(settings.reconcile_grace * 1000)
+    # Whatever lapsed while no process was watching is recorded before traffic is served.
+    await expirer.sweep("start-up")
+    await expirer.reconcile(grace_ms)
+    if settings.sweep_interval <= 0:
+        yield
+        return
+    task = asyncio.create_task(
+        expirer.run_sweeper(settings.sweep_interval, grace_ms), name="expiry-sweeper"
+    )
+    try:
         yield
     finally:
         task.cancel()

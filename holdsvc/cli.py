@@ -1,8 +1,10 @@
-"""``holdsvc`` command line: ``holdsvc serve [flags]``."""
+"""``holdsvc`` command line: ``holdsvc serve`` and ``holdsvc persister``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -11,13 +13,22 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from holdsvc import appkeys as k
-from holdsvc.app import create_app
+from holdsvc.app import StartupError, create_app
 from holdsvc.embedded_redis import EmbeddedRedisError
 from holdsvc.scripts import ScriptLoadError
 from holdsvc.settings import Settings
 from persistence.sqlite_store import NewFlight
 
 log = logging.getLogger("holdsvc")
+
+STARTUP_ERRORS = (
+    StartupError,
+    EmbeddedRedisError,
+    ScriptLoadError,
+    RedisError,
+    sqlite3.Error,
+    OSError,
+)
 
 DEMO_FLIGHT = NewFlight(
     flight_number="AI101",
@@ -37,27 +48,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if command == "serve":
-        return serve(settings)
-    raise AssertionError(f"unhandled command {command}")
-
-
-def serve(settings: Settings) -> int:
-    app = create_app(settings)
-    if settings.demo:
-        app.cleanup_ctx.append(_demo_flight)
     try:
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=lambda text: print(text, flush=True),
-            access_log=None,
-        )
-    except (EmbeddedRedisError, ScriptLoadError, RedisError, sqlite3.Error, OSError) as exc:
+        if command == "serve":
+            serve(settings)
+        elif command == "persister":
+            asyncio.run(persist(settings))
+        else:
+            raise AssertionError(f"unhandled command {command}")
+    except STARTUP_ERRORS as exc:
         print(f"holdsvc: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    if settings.demo:
+        app.cleanup_ctx.append(_demo_flight)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=lambda text: print(text, flush=True),
+        access_log=None,
+    )
+
+
+async def persist(settings: Settings) -> None:
+    """The app's resources and background tasks, with no HTTP listener, until SIGTERM/SIGINT."""
+    runner = web.AppRunner(create_app(settings.replace(persister_enabled=True)))
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("holdsvc persister running", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 async def _demo_flight(app: web.Application) -> AsyncIterator[None]:

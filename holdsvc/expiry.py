@@ -17,11 +17,13 @@ from holdsvc.bookings import move
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
 from holdsvc.states import State
-from persistence.sqlite_store import SqlStore
+from persistence.sqlite_store import SqlStore, now_ms
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
+RECONCILE_BATCH = 1000
+FLIGHTS_PER_ROUND_TRIP = 500
 
 
 class Expirer:
@@ -41,10 +43,43 @@ class Expirer:
 
     async def sweep(self, cause: str = "sweep") -> int:
         """Expire every due hold of every flight; returns how many were recorded now."""
+        flights = [f.id for f in await self._flights.all()]
         total = 0
-        for flight in await self._flights.all():
-            total += await self.expire_due(flight.id, cause)
+        for start in range(0, len(flights), FLIGHTS_PER_ROUND_TRIP):
+            chunk = flights[start : start + FLIGHTS_PER_ROUND_TRIP]
+            for flight_id in await self._holds.flights_with_due_holds(chunk):
+                total += await self.expire_due(flight_id, cause)
         return total
+
+    async def reconcile(self, grace_ms: int) -> int:
+        """Expire holds that SQL still calls live well past their deadline.
+
+        The deadline index lives in Redis; when Redis lost it (a restart without its AOF, the
+        last second of an AOF), only SQL still knows these holds. Their seat keys carried the
+        same deadline, so once it has passed they are free in Redis: no Redis check is needed.
+        """
+        overdue = await self._store.overdue(
+            [State.SEAT_HELD.value], now_ms() - grace_ms, RECONCILE_BATCH
+        )
+        if not overdue:
+            return 0
+        moved = await self._store.transition_many(
+            overdue, move(State.EXPIRED, "reconcile", only_from=State.SEAT_HELD)
+        )
+        if moved:
+            self.expired += len(moved)
+            log.warning("%d holds lost from Redis expired from SQL", len(moved))
+        return len(moved)
+
+    async def run_sweeper(self, interval: float, grace_ms: int) -> None:
+        """Sweep forever, every ``interval`` seconds; a failed round is logged and retried."""
+        while True:
+            try:
+                await self.sweep("sweeper")
+                await self.reconcile(grace_ms)
+            except Exception as exc:
+                log.warning("expiry sweep failed: %s", exc)
+            await asyncio.sleep(interval)
 
     async def expire_due(self, flight_id: int, cause: str) -> int:
         lock = self._locks.setdefault(flight_id, asyncio.Lock())

@@ -118,6 +118,16 @@ class HoldStore:
             return [b.decode() for b in reply]
         raise UnknownScriptReply("due_holds", reply)
 
+    async def flights_with_due_holds(self, flight_ids: list[int]) -> list[int]:
+        """Which of these flights have a hold past its deadline, in one round trip."""
+        if not flight_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for flight_id in flight_ids:
+                await self._s.due_holds(keys=[keys.deadlines(flight_id)], args=[1], client=pipe)
+            replies = await pipe.execute()
+        return [f for f, reply in zip(flight_ids, replies, strict=True) if reply]
+
     async def forget(self, flight_id: int, booking_ids: list[str]) -> None:
         """Drop holds from the deadline index once their expiry is recorded in SQL."""
         if booking_ids:

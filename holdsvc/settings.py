@@ -36,6 +36,13 @@ class Settings:
     # Off only in tests and for a standalone persister elsewhere: holds then expire in Redis
     # but nothing here records EXPIRED.
     persister_enabled: bool = True
+    # Expiry events are fire-and-forget; the sweeper makes expiry certain. Seconds, 0 = off.
+    sweep_interval: float = 1.0
+    # A hold still live in SQL this long after its deadline is expired from SQL's side, for
+    # holds whose Redis keys and deadline entry were lost with Redis data.
+    reconcile_grace: float = 2.0
+    # Refuse to start when expiry events are off and cannot be turned on.
+    require_keyspace_events: bool = False
     # Kept at least 24 h, as Stripe and pretix keep theirs.
     idempotency_ttl: float = 86400.0
     max_body_bytes: int = 64 * 1024
@@ -81,6 +88,10 @@ class Settings:
             raise ValueError(f"port must be 1..65535, got {self.port}")
         if self.hold_ttl <= 0 or self.payment_window <= 0:
             raise ValueError("hold-ttl and payment-window must be positive")
+        if self.sweep_interval < 0 or self.sweep_interval > 1:
+            raise ValueError("sweep-interval must be 0 (off) to 1 second")
+        if self.reconcile_grace < 0:
+            raise ValueError("reconcile-grace must not be negative")
         if not 1 <= self.max_seats_per_booking <= 100:
             raise ValueError("max-seats-per-booking must be 1..100")
 
@@ -102,6 +113,9 @@ _CONVERTERS: dict[str, Any] = {
     "payment_window": float,
     "max_seats_per_booking": int,
     "persister_enabled": _parse_bool,
+    "sweep_interval": float,
+    "reconcile_grace": float,
+    "require_keyspace_events": _parse_bool,
     "idempotency_ttl": float,
     "max_body_bytes": int,
     "demo": _parse_bool,
@@ -130,13 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API (and an embedded Redis if no URL)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
-    serve.add_argument("--redis-url", help="use this Redis instead of starting one")
-    serve.add_argument(
-        "--redis-server",
-        help="embedded server binary: auto (default), bundled (pip-shipped valkey), or a path",
-    )
-    serve.add_argument("--data-dir", type=Path, help="embedded Redis and SQLite live here")
-    serve.add_argument("--db", type=Path, help="SQLite file (default <data-dir>/holdsvc.sqlite3)")
+    _common(serve)
     serve.add_argument("--hold-ttl", type=float, help="seconds a hold lasts (default 600)")
     serve.add_argument("--payment-window", type=float, help="seconds a payment may take")
     serve.add_argument("--max-seats-per-booking", type=int, help="default 10")
@@ -146,9 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const=False,
         default=None,
-        help="do not record expiries (another process does)",
+        help="do not consume expiry events here (a `holdsvc persister` process does)",
     )
-    serve.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     serve.add_argument(
         "--demo",
         action="store_const",
@@ -156,7 +163,38 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="create a sample flight if missing and print a curl line to try",
     )
+    persister = sub.add_parser(
+        "persister",
+        help="consume expiry events and sweep lapsed holds, without serving HTTP",
+    )
+    _common(persister)
     return parser
+
+
+def _common(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--redis-url", help="use this Redis instead of starting one")
+    cmd.add_argument(
+        "--redis-server",
+        help="embedded server binary: auto (default), bundled (pip-shipped valkey), or a path",
+    )
+    cmd.add_argument("--data-dir", type=Path, help="embedded Redis and SQLite live here")
+    cmd.add_argument("--db", type=Path, help="SQLite file (default <data-dir>/holdsvc.sqlite3)")
+    cmd.add_argument(
+        "--sweep-interval", type=float, help="seconds between expiry sweeps (default 1, 0 = off)"
+    )
+    cmd.add_argument(
+        "--reconcile-grace",
+        type=float,
+        help="seconds past its deadline before SQL expires a hold Redis forgot (default 2)",
+    )
+    cmd.add_argument(
+        "--require-keyspace-events",
+        action="store_const",
+        const=True,
+        default=None,
+        help="fail start-up when Redis expiry events are off and cannot be turned on",
+    )
+    cmd.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
 
 
 __all__ = ["ENV_PREFIX", "Settings", "build_parser"]

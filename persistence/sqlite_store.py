@@ -449,6 +449,16 @@ class SqlStore:
             payment=payment,
         )
 
+    async def overdue(self, states: Collection[str], before_ms: int, limit: int) -> list[str]:
+        """Ids of bookings in ``states`` whose hold deadline is before ``before_ms``."""
+        wanted = list(states)
+        async with self._reader.execute(
+            f"SELECT id FROM bookings WHERE state IN ({_in(wanted)}) AND hold_expires_at < ?"
+            " ORDER BY hold_expires_at LIMIT ?",
+            (*wanted, before_ms, limit),
+        ) as cur:
+            return [r[0] for r in await cur.fetchall()]
+
     async def transitions_of(self, booking_id: str) -> list[tuple[str, str, str]]:
         """The booking's history: (from, to, cause), oldest first."""
         async with self._reader.execute(

@@ -66,8 +66,9 @@ def settings(tmp_path: Path, redis_server: EmbeddedRedis) -> Settings:
 
 @pytest.fixture
 def make_client(
-    aiohttp_client: AiohttpClient,
+    redis_server: EmbeddedRedis, aiohttp_client: AiohttpClient
 ) -> Callable[[Settings], Awaitable[TestClient[Any, Any]]]:
+    # Depends on redis_server so that the apps close before their Redis stops.
     async def make(settings: Settings) -> TestClient[Any, Any]:
         return await aiohttp_client(create_app(settings))
 
@@ -121,9 +122,13 @@ async def seat_map(client: TestClient[Any, Any], flight_id: int) -> dict[str, st
 class ServiceProcess:
     """``holdsvc serve`` as a real child process, for restart and multi-process tests."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, command: str = "serve"
+    ) -> None:
         self.port = free_port()
-        self.args = [sys.executable, "-m", "holdsvc", "serve", "--port", str(self.port), *args]
+        self.command = command
+        listen = ["--port", str(self.port)] if command == "serve" else []
+        self.args = [sys.executable, "-m", "holdsvc", command, *listen, *args]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.output = ""
@@ -141,6 +146,14 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        if self.command != "serve":
+            # A headless process says when it is ready; its start-up sweep has run by then.
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output += line
+                if f"holdsvc {self.command} running" in line:
+                    return
+            raise AssertionError(f"holdsvc {self.command} exited early:\n{self.stop()}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -170,8 +183,10 @@ class ServiceProcess:
 def services() -> Iterator[Callable[..., ServiceProcess]]:
     started: list[ServiceProcess] = []
 
-    def start(args: list[str], env: dict[str, str] | None = None) -> ServiceProcess:
-        service = ServiceProcess(args, env)
+    def start(
+        args: list[str], env: dict[str, str] | None = None, command: str = "serve"
+    ) -> ServiceProcess:
+        service = ServiceProcess(args, env, command)
         started.append(service)
         service.start()
         return service
