@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 
 from holdsvc import requests
-from holdsvc.appkeys import BOOKINGS, FLIGHTS, HOLDS, REDIS, SETTINGS, STORE
+from holdsvc.appkeys import BOOKINGS, FLIGHTS, HOLDS, REDIS, RESTORER, SETTINGS, STORE
 from holdsvc.bookings import PayOutcome
 from holdsvc.errors import NotFound
 from holdsvc.requests import EmptyIn, FlightIn, HoldIn, PayIn
 from holdsvc.responses import booking_view, flight_view, json_response
 
 log = logging.getLogger(__name__)
+
+_FLIGHT_ID = re.compile(r"[0-9]{1,15}")
 
 
 async def _body(request: web.Request) -> tuple[bytes, str]:
@@ -22,7 +25,8 @@ async def _body(request: web.Request) -> tuple[bytes, str]:
 
 def _flight_id(request: web.Request) -> int:
     text = request.match_info["flight_id"]
-    if not text.isdigit() or len(text) > 15:
+    # ASCII digits only: str.isdigit() admits "²", which int() refuses, and "١", which it reads.
+    if not _FLIGHT_ID.fullmatch(text):
         raise NotFound("Flight not found")
     return int(text)
 
@@ -30,6 +34,8 @@ def _flight_id(request: web.Request) -> int:
 async def create_flight(request: web.Request) -> web.Response:
     body = requests.decode(*await _body(request), FlightIn)
     flight = await request.app[FLIGHTS].create(requests.flight_from(body))
+    # A new flight has nothing booked; restoring it just gives it its Redis marker.
+    await request.app[RESTORER].restore(flight.id, "new flight")
     return json_response(flight_view(flight, len(flight.seats)), 201)
 
 

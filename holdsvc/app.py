@@ -21,8 +21,10 @@ from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
 from holdsvc.middleware import errors_middleware, idempotency_middleware
 from holdsvc.payments import MockGateway
+from holdsvc.restore import Restorer
 from holdsvc.scripts import load_scripts
 from holdsvc.settings import Settings
+from holdsvc.sweeper import run_sweeper, sweep_round
 from persistence.persister import Persister
 from persistence.sqlite_store import SqlStore, now_ms
 
@@ -139,7 +141,11 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     store = app[k.STORE]
     flights = Flights(store)
     app[k.FLIGHTS] = flights
-    app[k.BOOKINGS] = Bookings(app[k.SETTINGS], store, app[k.HOLDS], flights, MockGateway())
+    restorer = Restorer(app[k.HOLDS], store, flights)
+    app[k.RESTORER] = restorer
+    app[k.BOOKINGS] = Bookings(
+        app[k.SETTINGS], store, app[k.HOLDS], flights, MockGateway(), restorer
+    )
     app[k.EXPIRER] = Expirer(app[k.HOLDS], store, flights)
     yield
 
@@ -171,16 +177,16 @@ async def _persister(app: web.Application) -> AsyncIterator[None]:
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     settings = app[k.SETTINGS]
-    expirer = app[k.EXPIRER]
+    restorer, expirer = app[k.RESTORER], app[k.EXPIRER]
     grace_ms = round(settings.reconcile_grace * 1000)
-    # Whatever lapsed while no process was watching is recorded before traffic is served.
-    await expirer.sweep("start-up")
-    await expirer.reconcile(grace_ms)
+    # Before traffic: booked seats back into a Redis that lost them, and whatever lapsed while
+    # no process was watching recorded.
+    await sweep_round(restorer, expirer, grace_ms, "start-up")
     if settings.sweep_interval <= 0:
         yield
         return
     task = asyncio.create_task(
-        expirer.run_sweeper(settings.sweep_interval, grace_ms), name="expiry-sweeper"
+        run_sweeper(restorer, expirer, settings.sweep_interval, grace_ms), name="sweeper"
     )
     try:
         yield

@@ -9,6 +9,7 @@ from holdsvc.bookings import Bookings
 from holdsvc.expiry import Expirer
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
+from holdsvc.restore import Restorer
 from holdsvc.settings import Settings
 from persistence.persister import Persister
 from persistence.sqlite_store import SqlStore
@@ -21,4 +22,5 @@ HOLDS = web.AppKey("holds", HoldStore)
 FLIGHTS = web.AppKey("flights", Flights)
 BOOKINGS = web.AppKey("bookings", Bookings)
 EXPIRER = web.AppKey("expirer", Expirer)
+RESTORER = web.AppKey("restorer", Restorer)
 PERSISTER = web.AppKey("persister", Persister)

@@ -23,16 +23,17 @@ from holdsvc.errors import (
     InvalidTransition,
     NotFound,
     SeatsNotAvailable,
+    Unavailable,
     ValidationError,
 )
 from holdsvc.flights import Flight, Flights
-from holdsvc.holds import Confirm, Held, HoldStore, NotEnough, Taken
+from holdsvc.holds import Confirm, Held, HoldStore, NotEnough, NotRestored, Taken
 from holdsvc.payments import MockGateway
+from holdsvc.restore import Restorer
 from holdsvc.settings import Settings
-from holdsvc.states import HOLDS_SEATS, State, require, sources
+from holdsvc.states import State, move, require
 from persistence.sqlite_store import (
     BookingRecord,
-    Move,
     NewBooking,
     PaymentChange,
     PaymentChanged,
@@ -49,23 +50,6 @@ ALL_STATES = frozenset(s.value for s in State)
 def new_booking_id() -> str:
     """96 random bits: unguessable, and short because it is every held seat's Redis value."""
     return secrets.token_urlsafe(12)
-
-
-def move(target: State, cause: str, *, only_from: State | None = None) -> Move:
-    """The compare-and-set for entering ``target``, its sources taken from the one table.
-
-    ``only_from`` narrows the sources to the state the caller saw, for a move that is right
-    only if nothing happened to the booking meanwhile.
-    """
-    allowed = sources(target)
-    if only_from is not None:
-        allowed = allowed & {only_from}
-    return Move(
-        target=target.value,
-        sources=frozenset(s.value for s in allowed),
-        cause=cause,
-        seats_live=target in HOLDS_SEATS,
-    )
 
 
 class PayOutcome(Enum):
@@ -97,12 +81,14 @@ class Bookings:
         holds: HoldStore,
         flights: Flights,
         gateway: MockGateway,
+        restorer: Restorer,
     ) -> None:
         self._settings = settings
         self._store = store
         self._holds = holds
         self._flights = flights
         self._gateway = gateway
+        self._restorer = restorer
 
     async def get(self, booking_id: str) -> BookingRecord:
         booking = await self._store.get_booking(booking_id)
@@ -112,25 +98,20 @@ class Bookings:
 
     async def hold(self, req: HoldRequest) -> BookingRecord:
         flight = await self._flights.get(req.flight_id)
-        booking_id = new_booking_id()
-        ttl = self._settings.hold_ttl_ms
         if req.seats is not None:
             unknown = [s for s in req.seats if s not in flight.seat_set]
             if unknown:
                 raise ValidationError("Unknown seats for this flight", seats=unknown)
-            result: Held | Taken | NotEnough = await self._holds.hold(
-                flight.id, req.seats, booking_id, ttl
-            )
-        else:
-            assert req.seat_count is not None
-            result = await self._holds.hold_best(
-                flight.id,
-                req.seat_count,
-                flight.record.rows,
-                flight.record.seat_letters,
-                booking_id,
-                ttl,
-            )
+        booking_id = new_booking_id()
+        result = await self._grant(flight, req, booking_id)
+        if isinstance(result, NotRestored):
+            # Redis lost the flight's data: restore it from SQL here, unless another request
+            # of this process already is; no seat is held before that is done.
+            if not await self._restorer.restore_unless_running(flight.id, "hold-found-no-marker"):
+                raise Unavailable("Seat data is being restored after a Redis restart; retry")
+            result = await self._grant(flight, req, booking_id)
+        if isinstance(result, NotRestored):
+            raise Unavailable("Seat data is being restored after a Redis restart; retry")
         if isinstance(result, Taken):
             raise SeatsNotAvailable(seats=result.seats)
         if isinstance(result, NotEnough):
@@ -171,6 +152,22 @@ class Bookings:
             created_at=new.created_at,
             updated_at=new.created_at,
             payment=None,
+        )
+
+    async def _grant(
+        self, flight: Flight, req: HoldRequest, booking_id: str
+    ) -> Held | Taken | NotEnough | NotRestored:
+        ttl = self._settings.hold_ttl_ms
+        if req.seats is not None:
+            return await self._holds.hold(flight.id, req.seats, booking_id, ttl)
+        assert req.seat_count is not None
+        return await self._holds.hold_best(
+            flight.id,
+            req.seat_count,
+            flight.record.rows,
+            flight.record.seat_letters,
+            booking_id,
+            ttl,
         )
 
     async def pay(self, booking_id: str, method: str) -> tuple[PayOutcome, BookingRecord]:

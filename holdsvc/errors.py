@@ -9,6 +9,7 @@ class DomainError(Exception):
     """An expected refusal; ``status`` and :meth:`body` are what the client receives."""
 
     status = 400
+    headers: dict[str, str] = {}  # noqa: RUF012 - never mutated, replaced per instance
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -53,3 +54,7 @@ class IdempotencyMismatch(DomainError):
 
 class Unavailable(DomainError):
     status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 1, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.headers = {"Retry-After": str(retry_after_s)}

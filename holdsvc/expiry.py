@@ -13,10 +13,9 @@ import logging
 from collections.abc import Iterable
 
 from holdsvc import keys
-from holdsvc.bookings import move
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
-from holdsvc.states import State
+from holdsvc.states import State, move
 from persistence.sqlite_store import SqlStore, now_ms
 
 log = logging.getLogger(__name__)
@@ -70,16 +69,6 @@ class Expirer:
             self.expired += len(moved)
             log.warning("%d holds lost from Redis expired from SQL", len(moved))
         return len(moved)
-
-    async def run_sweeper(self, interval: float, grace_ms: int) -> None:
-        """Sweep forever, every ``interval`` seconds; a failed round is logged and retried."""
-        while True:
-            try:
-                await self.sweep("sweeper")
-                await self.reconcile(grace_ms)
-            except Exception as exc:
-                log.warning("expiry sweep failed: %s", exc)
-            await asyncio.sleep(interval)
 
     async def expire_due(self, flight_id: int, cause: str) -> int:
         lock = self._locks.setdefault(flight_id, asyncio.Lock())

@@ -31,6 +31,11 @@ class NotEnough:
     free: int
 
 
+@dataclass(frozen=True, slots=True)
+class NotRestored:
+    """Nothing was held; this Redis does not have the flight's booked seats (yet)."""
+
+
 class Confirm(Enum):
     BOOKED = 1
     ALREADY_BOOKED = 2
@@ -52,9 +57,9 @@ class HoldStore:
 
     async def hold(
         self, flight_id: int, seats: list[str], booking_id: str, ttl_ms: int
-    ) -> Held | Taken:
+    ) -> Held | Taken | NotRestored:
         reply = await self._s.hold_seats(
-            keys=[keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
+            keys=[keys.deadlines(flight_id), keys.marker(flight_id), *keys.seats(flight_id, seats)],
             args=[booking_id, ttl_ms],
         )
         match reply:
@@ -62,13 +67,15 @@ class HoldStore:
                 return Held(seats, deadline)
             case [2, *positions] if positions:
                 return Taken([seats[int(p) - 1] for p in positions])
+            case [3]:
+                return NotRestored()
         raise UnknownScriptReply("hold_seats", reply)
 
     async def hold_best(
         self, flight_id: int, count: int, rows: int, letters: str, booking_id: str, ttl_ms: int
-    ) -> Held | NotEnough:
+    ) -> Held | NotEnough | NotRestored:
         reply = await self._s.hold_best(
-            keys=[keys.deadlines(flight_id)],
+            keys=[keys.deadlines(flight_id), keys.marker(flight_id)],
             args=[booking_id, ttl_ms, count, rows, letters],
         )
         match reply:
@@ -76,6 +83,8 @@ class HoldStore:
                 return Held([n.decode() for n in names], deadline)
             case [2, int(free)]:
                 return NotEnough(free)
+            case [3]:
+                return NotRestored()
         raise UnknownScriptReply("hold_best", reply)
 
     async def begin_payment(
@@ -132,6 +141,45 @@ class HoldStore:
         """Drop holds from the deadline index once their expiry is recorded in SQL."""
         if booking_ids:
             await self.redis.zrem(keys.deadlines(flight_id), *booking_ids)
+
+    async def restore(
+        self, flight_id: int, booked: list[tuple[str, str]], run_id: str, chunk: int = 5000
+    ) -> None:
+        """Mark ``(seat, booking id)`` booked for good, then set the flight's marker, last."""
+        for start in range(0, len(booked), chunk):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for seat, booking_id in booked[start : start + chunk]:
+                    pipe.set(keys.seat(flight_id, seat), keys.BOOKED_PREFIX + booking_id.encode())
+                await pipe.execute()
+        await self.redis.set(keys.marker(flight_id), run_id)
+
+    async def stale_markers(self, flight_ids: list[int], run_id: str) -> list[int]:
+        """The flights whose marker is missing or was set under another Redis run id."""
+        if not flight_ids:
+            return []
+        # One GET per flight, not one MGET: each marker lives in its own flight's slot.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for flight_id in flight_ids:
+                pipe.get(keys.marker(flight_id))
+            values = await pipe.execute()
+        wanted = run_id.encode()
+        return [f for f, v in zip(flight_ids, values, strict=True) if v != wanted]
+
+    async def holders(self, flight_id: int, bookings: list[tuple[str, list[str]]]) -> list[bool]:
+        """For each (booking id, seats): does it still hold every one of its seats?"""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, seats in bookings:
+                pipe.mget(keys.seats(flight_id, seats))
+            replies = await pipe.execute()
+        return [
+            all(v == booking_id.encode() for v in values)
+            for (booking_id, _), values in zip(bookings, replies, strict=True)
+        ]
+
+    async def server_run_id(self) -> str:
+        """Changes whenever the Redis process restarts."""
+        info = await self.redis.info("server")
+        return str(info.get("run_id", ""))
 
     async def seat_statuses(self, flight_id: int, seats: list[str]) -> list[SeatStatus]:
         values = await self.redis.mget(keys.seats(flight_id, seats))

@@ -10,6 +10,7 @@ from __future__ import annotations
 # Seat keys are ``{f:<id>}:<seat>``; seat names always start with a row digit, so they can never
 # collide with the one-letter suffixes of the flight's other keys below.
 _DEADLINES = "d"
+_MARKER = "e"
 
 # A confirmed seat keeps this prefix before the booking id, and no TTL: expiry can never free it.
 BOOKED_PREFIX = b"!"
@@ -43,3 +44,8 @@ def flight_of(key: bytes | str) -> int | None:
         return None
     number = text[3:end]
     return int(number) if number.isdigit() else None
+
+
+def marker(flight_id: int) -> str:
+    """Present once the flight's booked seats are in this Redis; gone with Redis's data."""
+    return f"{{f:{flight_id}}}:{_MARKER}"

@@ -98,7 +98,7 @@ def flight_from(body: FlightIn) -> NewFlight:
 
 
 def _money(text: str) -> str:
-    if not re.fullmatch(r"\d{1,9}(\.\d{1,2})?", text):
+    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,2})?", text):
         raise ValidationError(
             'price must be a decimal string with at most 2 decimals, like "4999.00"'
         )

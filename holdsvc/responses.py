@@ -80,7 +80,7 @@ def flight_view(f: Flight, available: int) -> dict[str, Any]:
 def error_response(exc: Exception) -> web.Response:
     """The JSON answer for any exception a handler raised; 500s say nothing of the cause."""
     if isinstance(exc, DomainError):
-        return json_response(exc.body(), exc.status)
+        return json_response(exc.body(), exc.status, exc.headers or None)
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return json_response({"error": exc.reason}, exc.status, headers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from holdsvc.errors import InvalidTransition
+from persistence.sqlite_store import Move
 
 
 class State(StrEnum):
@@ -51,3 +52,20 @@ def require(current: State, target: State) -> None:
 def sources(target: State) -> frozenset[State]:
     """Every state from which ``target`` may be entered (the compare-and-set's ``IN`` list)."""
     return _SOURCES[target]
+
+
+def move(target: State, cause: str, *, only_from: State | None = None) -> Move:
+    """The compare-and-set for entering ``target``, its sources taken from the one table.
+
+    ``only_from`` narrows the sources to the state the caller saw, for a move that is right
+    only if nothing happened to the booking meanwhile.
+    """
+    allowed = sources(target)
+    if only_from is not None:
+        allowed = allowed & {only_from}
+    return Move(
+        target=target.value,
+        sources=frozenset(s.value for s in allowed),
+        cause=cause,
+        seats_live=target in HOLDS_SEATS,
+    )

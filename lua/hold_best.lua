@@ -1,6 +1,8 @@
 -- hold_best: pick and hold N free seats of a flight for one booking, side by side when it can.
 --
 -- KEYS[1]   {f:<flight>}:d   deadline index (sorted set: booking id -> deadline, Unix ms)
+-- KEYS[2]   {f:<flight>}:e   the flight's marker: present once its booked seats are in this
+--                            Redis (missing: Redis lost its data, not restored yet)
 -- ARGV[1]   booking id, stored as each held seat's value
 -- ARGV[2]   hold time, milliseconds (integer > 0)
 -- ARGV[3]   number of seats wanted (integer >= 1)
@@ -16,7 +18,9 @@
 -- Returns (closed set):
 --   {1, deadline_ms, seat, seat, ...}   these seats are held until deadline_ms
 --   {2, free}                           nothing held: only `free` seats are free
+--   {3}                                 nothing held: the flight's marker is missing
 local rcall = redis.call
+if rcall('EXISTS', KEYS[2]) == 0 then return {3} end
 local prefix = string.sub(KEYS[1], 1, -2)
 local want = tonumber(ARGV[3])
 local rows = tonumber(ARGV[4])

@@ -467,6 +467,19 @@ class SqlStore:
         ) as cur:
             return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
 
+    async def live_bookings(self, flight_id: int) -> list[tuple[str, str, list[str]]]:
+        """(booking id, state, seats) of every booking that holds or owns seats of a flight."""
+        bookings: dict[str, tuple[str, list[str]]] = {}
+        async with self._reader.execute(
+            "SELECT bs.booking_id, b.state, bs.seat FROM booking_seats bs"
+            " JOIN bookings b ON b.id = bs.booking_id"
+            " WHERE bs.flight_id = ? AND bs.live = 1 ORDER BY bs.booking_id, bs.pos",
+            (flight_id,),
+        ) as cur:
+            async for bid, state, seat in cur:
+                bookings.setdefault(bid, (state, []))[1].append(seat)
+        return [(bid, state, seats) for bid, (state, seats) in bookings.items()]
+
     async def live_seats(self, flight_id: int) -> list[tuple[str, str, str]]:
         """(seat, booking id, state) of every live seat row of a flight."""
         async with self._reader.execute(

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from holdsvc.bookings import move
-from holdsvc.states import State
+from holdsvc.states import State, move
 from persistence.sqlite_store import NewBooking, NewFlight, SeatOwnedInSql, SqlStore, now_ms
 
 FLIGHT = NewFlight("HS9", "DEL", "BOM", "2026-12-01T09:30:00Z", 2, "AB", "10.00", "INR")

@@ -1,0 +1,82 @@
+"""Puts a flight's booked seats back into a Redis that lost them, from SQL, before any hold.
+
+Every flight has a marker key in Redis whose value is the run id of the Redis process that
+was given the flight's booked seats. A missing marker (Redis came back empty, or FLUSHALL)
+makes the hold scripts refuse, atomically, until the flight is restored; a marker from an
+earlier run id (Redis restarted from its AOF, which may miss its last second) makes the
+restore run again, to put back any confirm that the AOF lost. Holds whose keys vanished are
+recorded EXPIRED on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from holdsvc.flights import Flights
+from holdsvc.holds import HoldStore
+from holdsvc.states import State, move
+from persistence.sqlite_store import SqlStore
+
+log = logging.getLogger(__name__)
+
+_HOLDING = (State.SEAT_HELD, State.PAYMENT_PENDING)
+
+
+class Restorer:
+    def __init__(self, holds: HoldStore, store: SqlStore, flights: Flights) -> None:
+        self._holds = holds
+        self._store = store
+        self._flights = flights
+        self._locks: dict[int, asyncio.Lock] = {}
+        self.restored_seats = 0
+        self.lost_holds = 0
+
+    async def check(self) -> int:
+        """Restore every flight whose marker is missing or older than this Redis process."""
+        run_id = await self._holds.server_run_id()
+        flights = [f.id for f in await self._flights.all()]
+        stale = await self._holds.stale_markers(flights, run_id)
+        for flight_id in stale:
+            await self.restore(flight_id, "marker missing or from an earlier Redis run")
+        return len(stale)
+
+    async def restore_unless_running(self, flight_id: int, reason: str) -> bool:
+        """Restore now, or return False at once when this process is already restoring it."""
+        if self._lock(flight_id).locked():
+            return False
+        await self.restore(flight_id, reason)
+        return True
+
+    async def restore(self, flight_id: int, reason: str) -> None:
+        async with self._lock(flight_id):
+            run_id = await self._holds.server_run_id()
+            bookings = await self._store.live_bookings(flight_id)
+            booked = [
+                (seat, bid)
+                for bid, state, seats in bookings
+                if state == State.CONFIRMED.value
+                for seat in seats
+            ]
+            holding = [(bid, state, seats) for bid, state, seats in bookings if state in _HOLDING]
+            intact = await self._holds.holders(flight_id, [(b, seats) for b, _, seats in holding])
+            lost = 0
+            for (bid, state, _), ok in zip(holding, intact, strict=True):
+                if not ok:
+                    # Only from the state read: a pay that is confirming it must not be undone.
+                    cas = move(State.EXPIRED, "redis-data-lost", only_from=State(state))
+                    lost += (await self._store.transition(bid, cas)).moved
+            await self._holds.restore(flight_id, booked, run_id)
+            self.restored_seats += len(booked)
+            self.lost_holds += lost
+            log.log(
+                logging.WARNING if booked or lost else logging.DEBUG,
+                "flight %d restored into Redis (%s): %d booked seats, %d lost holds expired",
+                flight_id,
+                reason,
+                len(booked),
+                lost,
+            )
+
+    def _lock(self, flight_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(flight_id, asyncio.Lock())
