@@ -25,7 +25,7 @@ async def _body(request: web.Request) -> tuple[bytes, str]:
 
 def _flight_id(request: web.Request) -> int:
     text = request.match_info["flight_id"]
-    # ASCII digits only: str.isdigit() admits "²", which int() refuses, and "١", which it reads.
+    # ASCII digits only: str.isdigit() admits "²", which int() refuses, and U+0661, which it reads.
     if not _FLIGHT_ID.fullmatch(text):
         raise NotFound("Flight not found")
     return int(text)
