@@ -8,7 +8,16 @@ import re
 from aiohttp import web
 
 from holdsvc import requests
-from holdsvc.appkeys import BOOKINGS, FLIGHTS, HOLDS, REDIS, RESTORER, SETTINGS, STORE
+from holdsvc.appkeys import (
+    BOOKINGS,
+    FLIGHTS,
+    HOLDS,
+    IDEMPOTENCY_KEY,
+    REDIS,
+    RESTORER,
+    SETTINGS,
+    STORE,
+)
 from holdsvc.bookings import PayOutcome
 from holdsvc.errors import NotFound
 from holdsvc.requests import EmptyIn, FlightIn, HoldIn, PayIn
@@ -80,7 +89,7 @@ async def get_booking(request: web.Request) -> web.Response:
 async def pay_booking(request: web.Request) -> web.Response:
     body = requests.decode(*await _body(request), PayIn, optional=True)
     outcome, booking = await request.app[BOOKINGS].pay(
-        request.match_info["booking_id"], body.payment_method
+        request.match_info["booking_id"], body.payment_method, request.get(IDEMPOTENCY_KEY)
     )
     if outcome is PayOutcome.DECLINED:
         return json_response({"message": "Payment failed", **booking_view(booking)}, 402)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -19,8 +21,9 @@ from holdsvc.embedded_redis import EmbeddedRedis, find_binary
 from holdsvc.expiry import Expirer
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
-from holdsvc.middleware import errors_middleware, idempotency_middleware
+from holdsvc.middleware import HEARTBEAT_EVERY_S, errors_middleware, idempotency_middleware
 from holdsvc.payments import MockGateway
+from holdsvc.recovery import PaymentRecovery
 from holdsvc.restore import Restorer
 from holdsvc.scripts import load_scripts
 from holdsvc.settings import Settings
@@ -48,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[errors_middleware, idempotency_middleware],
     )
     app[k.SETTINGS] = settings
+    app[k.INSTANCE_ID] = secrets.token_hex(8)
     app.cleanup_ctx.extend(
         [
             _embedded_redis,
@@ -55,8 +59,8 @@ def create_app(settings: Settings) -> web.Application:
             _redis,
             _domain,
             _persister,
+            _housekeeping,
             _sweeper,
-            _purge_idempotency_keys,
         ]
     )
     add_routes(app)
@@ -143,11 +147,17 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     app[k.FLIGHTS] = flights
     restorer = Restorer(app[k.HOLDS], store, flights)
     app[k.RESTORER] = restorer
-    app[k.BOOKINGS] = Bookings(
-        app[k.SETTINGS], store, app[k.HOLDS], flights, MockGateway(), restorer
-    )
+    settings = app[k.SETTINGS]
+    gateway = MockGateway(settings.gateway_ledger_path)
+    app[k.GATEWAY] = gateway
+    bookings = Bookings(settings, store, app[k.HOLDS], flights, gateway, restorer)
+    app[k.BOOKINGS] = bookings
     app[k.EXPIRER] = Expirer(app[k.HOLDS], store, flights)
-    yield
+    app[k.RECOVERY] = PaymentRecovery(bookings, store, gateway)
+    try:
+        yield
+    finally:
+        gateway.close()
 
 
 async def _persister(app: web.Application) -> AsyncIterator[None]:
@@ -177,16 +187,17 @@ async def _persister(app: web.Application) -> AsyncIterator[None]:
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     settings = app[k.SETTINGS]
-    restorer, expirer = app[k.RESTORER], app[k.EXPIRER]
+    restorer, expirer, recovery = app[k.RESTORER], app[k.EXPIRER], app[k.RECOVERY]
     grace_ms = round(settings.reconcile_grace * 1000)
     # Before traffic: booked seats back into a Redis that lost them, and whatever lapsed while
     # no process was watching recorded.
-    await sweep_round(restorer, expirer, grace_ms, "start-up")
+    await sweep_round(restorer, expirer, recovery, grace_ms, "start-up")
     if settings.sweep_interval <= 0:
         yield
         return
     task = asyncio.create_task(
-        run_sweeper(restorer, expirer, settings.sweep_interval, grace_ms), name="sweeper"
+        run_sweeper(restorer, expirer, recovery, settings.sweep_interval, grace_ms),
+        name="sweeper",
     )
     try:
         yield
@@ -196,22 +207,31 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-async def _purge_idempotency_keys(app: web.Application) -> AsyncIterator[None]:
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    """This process's heartbeat (so its idempotency keys are known to be live) and the purge
+    of idempotency keys past their retention."""
     store = app[k.STORE]
+    instance = app[k.INSTANCE_ID]
     ttl_ms = round(app[k.SETTINGS].idempotency_ttl * 1000)
+    await store.heartbeat(instance)
 
-    async def purge() -> None:
+    async def beat() -> None:
+        last_purge = 0.0
         while True:
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
             try:
-                await store.purge_keys(now_ms() - ttl_ms)
-            except Exception:
-                log.exception("purging idempotency keys failed")
-            await asyncio.sleep(IDEMPOTENCY_PURGE_EVERY_S)
+                await store.heartbeat(instance)
+                if time.monotonic() - last_purge > IDEMPOTENCY_PURGE_EVERY_S:
+                    await store.purge_keys(now_ms() - ttl_ms)
+                    last_purge = time.monotonic()
+            except Exception as exc:
+                log.warning("housekeeping failed: %s", exc)
 
-    task = asyncio.create_task(purge(), name="purge-idempotency-keys")
+    task = asyncio.create_task(beat(), name="housekeeping")
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await store.retire(instance)

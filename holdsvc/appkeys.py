@@ -9,12 +9,19 @@ from holdsvc.bookings import Bookings
 from holdsvc.expiry import Expirer
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
+from holdsvc.payments import MockGateway
+from holdsvc.recovery import PaymentRecovery
 from holdsvc.restore import Restorer
 from holdsvc.settings import Settings
 from persistence.persister import Persister
 from persistence.sqlite_store import SqlStore
 
 SETTINGS = web.AppKey("settings", Settings)
+# Names this process in SQL (idempotency key ownership, heartbeats).
+INSTANCE_ID = web.AppKey("instance_id", str)
+GATEWAY = web.AppKey("gateway", MockGateway)
+# The request's Idempotency-Key, once the middleware has claimed it.
+IDEMPOTENCY_KEY = web.RequestKey("idempotency_key", str)
 REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", SqlStore)
@@ -23,4 +30,5 @@ FLIGHTS = web.AppKey("flights", Flights)
 BOOKINGS = web.AppKey("bookings", Bookings)
 EXPIRER = web.AppKey("expirer", Expirer)
 RESTORER = web.AppKey("restorer", Restorer)
+RECOVERY = web.AppKey("recovery", PaymentRecovery)
 PERSISTER = web.AppKey("persister", Persister)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
+
+from redis.exceptions import RedisError
 
 from holdsvc.errors import (
     Conflict,
@@ -26,9 +29,10 @@ from holdsvc.errors import (
     Unavailable,
     ValidationError,
 )
+from holdsvc.faults import crash_point
 from holdsvc.flights import Flight, Flights
 from holdsvc.holds import Confirm, Held, HoldStore, NotEnough, NotRestored, Taken
-from holdsvc.payments import MockGateway
+from holdsvc.payments import Charge, MockGateway
 from holdsvc.restore import Restorer
 from holdsvc.settings import Settings
 from holdsvc.states import State, move, require
@@ -41,6 +45,7 @@ from persistence.sqlite_store import (
     SqlStore,
     now_ms,
 )
+from persistence.writer import WriterClosed
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +175,18 @@ class Bookings:
             ttl,
         )
 
-    async def pay(self, booking_id: str, method: str) -> tuple[PayOutcome, BookingRecord]:
+    async def pay(
+        self, booking_id: str, method: str, idem_key: str | None = None
+    ) -> tuple[PayOutcome, BookingRecord]:
+        """Charge for a held booking and confirm it; answered only after the SQL commit.
+
+        ``idem_key`` is the request's Idempotency-Key: a retry of a pay whose first answer was
+        lost (the process died) is recognised by it and answered from the booking's state.
+        """
         booking = await self.get(booking_id)
+        payment = booking.payment
+        if idem_key is not None and payment is not None and payment.idem_key == idem_key:
+            return self._pay_again(booking)
         require(State(booking.state), State.PAYMENT_PENDING)
         deadline = await self._holds.begin_payment(
             booking.flight_id, booking.seats, booking_id, self._settings.payment_window_ms
@@ -188,14 +203,50 @@ class Bookings:
             booking_id,
             move(State.PAYMENT_PENDING, "pay"),
             payment=PaymentChange(
-                "pending", method=method, amount=booking.amount, currency=booking.currency
+                "pending",
+                method=method,
+                amount=booking.amount,
+                currency=booking.currency,
+                idem_key=idem_key,
             ),
             hold_expires_at=deadline,
         )
         if not moved.moved:
             raise InvalidTransition(str(moved.state), State.PAYMENT_PENDING.value)
 
+        crash_point(self._settings.fault, "before_charge")
         charge = await self._gateway.charge(booking_id, booking.amount, booking.currency, method)
+        crash_point(self._settings.fault, "after_charge")
+        try:
+            outcome = await self.settle_charge(booking, charge)
+        except (RedisError, sqlite3.Error, WriterClosed, OSError) as exc:
+            # The sweeper settles it once the payment window is over; the booking says how.
+            log.error("booking %s: charge taken, settling failed: %s", booking_id, exc)
+            raise Unavailable(
+                "The payment went through but the booking could not be settled yet;"
+                " it will be confirmed or refunded shortly",
+                retry_after_s=2,
+            ) from exc
+        return outcome, await self.get(booking_id)
+
+    def _pay_again(self, booking: BookingRecord) -> tuple[PayOutcome, BookingRecord]:
+        """The answer to a retried pay, from what the first attempt left behind."""
+        assert booking.payment is not None
+        status, state = booking.payment.status, booking.state
+        if status == "failed":
+            return PayOutcome.DECLINED, booking
+        if state == State.PAYMENT_PENDING.value or status == "pending":
+            raise Conflict("The payment of this booking is still being settled; retry shortly")
+        if state == State.EXPIRED.value:
+            raise HoldLostDuringPayment(state)
+        return PayOutcome.CONFIRMED, booking
+
+    async def settle_charge(self, booking: BookingRecord, charge: Charge) -> PayOutcome:
+        """Turn a charge of a PAYMENT_PENDING booking into CONFIRMED, or undo it all.
+
+        Used by pay, and by the recovery of a pay whose process died after charging.
+        """
+        booking_id = booking.id
         if not charge.captured:
             await self._store.transition(
                 booking_id,
@@ -203,13 +254,12 @@ class Bookings:
                 payment=PaymentChange("failed", {"pending"}, payment_id=charge.payment_id),
             )
             await self._holds.release(booking.flight_id, booking.seats, booking_id)
-            return PayOutcome.DECLINED, await self.get(booking_id)
+            return PayOutcome.DECLINED
 
-        if (
-            await self._holds.confirm(booking.flight_id, booking.seats, booking_id)
-            is Confirm.HOLD_LOST
-        ):
-            await self._refund_lost(booking, charge.payment_id, "hold-lost-during-payment")
+        confirmed = await self._holds.confirm(booking.flight_id, booking.seats, booking_id)
+        crash_point(self._settings.fault, "after_confirm")
+        if confirmed is Confirm.HOLD_LOST:
+            await self.refund_lost(booking, charge.payment_id, "hold-lost-during-payment")
             raise HoldLostDuringPayment((await self.get(booking_id)).state)
         moved = await self._store.transition(
             booking_id,
@@ -219,16 +269,19 @@ class Bookings:
         if not moved.moved:
             # Cancelled or expired while the charge ran: give the seats and the money back.
             await self._holds.release(booking.flight_id, booking.seats, booking_id)
-            await self._refund_lost(booking, charge.payment_id, "changed-during-payment")
+            await self.refund_lost(booking, charge.payment_id, "changed-during-payment")
             raise InvalidTransition(str(moved.state), State.CONFIRMED.value)
-        return PayOutcome.CONFIRMED, await self.get(booking_id)
+        crash_point(self._settings.fault, "after_commit")
+        return PayOutcome.CONFIRMED
 
-    async def _refund_lost(self, booking: BookingRecord, payment_id: str, cause: str) -> None:
+    async def refund_lost(self, booking: BookingRecord, payment_id: str, cause: str) -> None:
         """Refund a capture whose seats could not be booked, and record the booking's end."""
         await self._gateway.refund(payment_id)
         refunded = PaymentChange("refunded", {"pending"}, payment_id=payment_id)
         moved = await self._store.transition(
-            booking.id, move(State.EXPIRED, cause), payment=refunded
+            booking.id,
+            move(State.EXPIRED, cause, only_from=State.PAYMENT_PENDING),
+            payment=refunded,
         )
         if not moved.moved:
             await self._store.change_payment(booking.id, refunded, booking_in=ALL_STATES)

@@ -8,7 +8,7 @@ import re
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from holdsvc.appkeys import SETTINGS, STORE
+from holdsvc.appkeys import IDEMPOTENCY_KEY, INSTANCE_ID, SETTINGS, STORE
 from holdsvc.errors import Conflict, IdempotencyMismatch, ValidationError
 from holdsvc.responses import error_response
 from persistence.sqlite_store import Claim
@@ -16,6 +16,9 @@ from persistence.sqlite_store import Claim
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# A process's heartbeat is written every HEARTBEAT_EVERY_S; silent this long, it is dead.
+HEARTBEAT_EVERY_S = 1.0
+HEARTBEAT_STALE_MS = 5000
 
 
 @web.middleware
@@ -52,7 +55,8 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     claim = await store.claim_key(
         key,
         fingerprint,
-        lease_ms=round((settings.payment_window + 30) * 1000),
+        owner=request.app[INSTANCE_ID],
+        stale_ms=HEARTBEAT_STALE_MS,
         ttl_ms=round(settings.idempotency_ttl * 1000),
     )
     if claim.claim is Claim.MISMATCH:
@@ -70,6 +74,7 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
             headers={REPLAYED_HEADER: "true"},
         )
 
+    request[IDEMPOTENCY_KEY] = key
     try:
         response = await handler(request)
     except web.HTTPException as exc:

@@ -1,38 +1,124 @@
-"""The payment gateway holdsvc talks to: an in-process mock with Stripe-like test methods.
+"""The payment gateway holdsvc talks to: a mock with Stripe-like test methods.
 
 ``pm_card_visa`` (and any other ``pm_…``) captures; a method containing ``chargeDeclined``
-(e.g. ``pm_card_chargeDeclined``) declines. Refunds are idempotent per payment id, as a real
-gateway's are with an idempotency key, so a retried refund never returns money twice.
+(e.g. ``pm_card_chargeDeclined``) declines.
+
+It stands in for an external provider, so its ledger is its own SQLite file that outlives
+holdsvc's processes: a service killed after a charge finds the charge again by its reference
+(the booking id), as one would look a payment up by idempotency key. Charges and refunds are
+idempotent per reference and per payment id: a retry never moves money twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from dataclasses import dataclass, field
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_METHOD = "pm_card_visa"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    reference   TEXT PRIMARY KEY,
+    payment_id  TEXT NOT NULL UNIQUE,
+    method      TEXT NOT NULL,
+    amount      TEXT NOT NULL,
+    currency    TEXT NOT NULL,
+    status      TEXT NOT NULL,  -- captured, declined, refunded
+    at          INTEGER NOT NULL
+);
+"""
 
 
 @dataclass(frozen=True, slots=True)
 class Charge:
     payment_id: str
     captured: bool
+    refunded: bool = False
     reason: str | None = None
 
 
-@dataclass(slots=True)
+class GatewayError(Exception):
+    pass
+
+
 class MockGateway:
-    captured: dict[str, str] = field(default_factory=dict)
-    refunded: set[str] = field(default_factory=set)
+    def __init__(self, ledger: Path) -> None:
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(ledger, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._conn.close()
 
     async def charge(self, reference: str, amount: str, currency: str, method: str) -> Charge:
-        payment_id = "pi_" + secrets.token_hex(8)
-        if "chargeDeclined" in method:
-            return Charge(payment_id, captured=False, reason="card_declined")
-        self.captured[payment_id] = f"{amount} {currency} for {reference}"
-        return Charge(payment_id, captured=True)
+        """Charge once per reference; a repeated call answers with the first charge."""
+        return await asyncio.to_thread(self._charge, reference, amount, currency, method)
+
+    async def find(self, reference: str) -> Charge | None:
+        return await asyncio.to_thread(self._find, reference)
 
     async def refund(self, payment_id: str) -> None:
-        if payment_id not in self.captured:
-            raise ValueError(f"no captured payment {payment_id}")
-        self.refunded.add(payment_id)
+        await asyncio.to_thread(self._refund, payment_id)
+
+    def captured_unrefunded(self) -> list[str]:
+        """References whose money the gateway holds: for audits and tests."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT reference FROM charges WHERE status = 'captured'"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def _charge(self, reference: str, amount: str, currency: str, method: str) -> Charge:
+        status = "declined" if "chargeDeclined" in method else "captured"
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO charges (reference, payment_id, method, amount, currency,"
+                " status, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    reference,
+                    "pi_" + secrets.token_hex(8),
+                    method,
+                    amount,
+                    currency,
+                    status,
+                    time.time_ns() // 1_000_000,
+                ),
+            )
+        found = self._find(reference)
+        assert found is not None
+        return found
+
+    def _find(self, reference: str) -> Charge | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT payment_id, status FROM charges WHERE reference = ?", (reference,)
+            ).fetchone()
+        if row is None:
+            return None
+        payment_id, status = row
+        return Charge(
+            payment_id,
+            captured=status in ("captured", "refunded"),
+            refunded=status == "refunded",
+            reason="card_declined" if status == "declined" else None,
+        )
+
+    def _refund(self, payment_id: str) -> None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT status FROM charges WHERE payment_id = ?", (payment_id,)
+            ).fetchone()
+            if row is None or row[0] == "declined":
+                raise GatewayError(f"no captured payment {payment_id}")
+            self._conn.execute(
+                "UPDATE charges SET status = 'refunded' WHERE payment_id = ?", (payment_id,)
+            )

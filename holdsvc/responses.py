@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from holdsvc.errors import DomainError
 from holdsvc.flights import Flight
@@ -81,6 +83,11 @@ def error_response(exc: Exception) -> web.Response:
     """The JSON answer for any exception a handler raised; 500s say nothing of the cause."""
     if isinstance(exc, DomainError):
         return json_response(exc.body(), exc.status, exc.headers or None)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        log.warning("Redis unavailable: %s", exc)
+        return json_response(
+            {"error": "Seat store (Redis) unavailable; retry shortly"}, 503, {"Retry-After": "1"}
+        )
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return json_response({"error": exc.reason}, exc.status, headers)

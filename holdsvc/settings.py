@@ -46,12 +46,23 @@ class Settings:
     # Kept at least 24 h, as Stripe and pretix keep theirs.
     idempotency_ttl: float = 86400.0
     max_body_bytes: int = 64 * 1024
+    # None: <data_dir>/mock-gateway.sqlite3, the mock payment provider's own ledger.
+    gateway_ledger: Path | None = None
+    # Fault injection for crash tests (HOLDSVC_FAULT only, no flag): the named point of a pay
+    # kills the process with SIGKILL. One of holdsvc.faults.POINTS, or "" for none.
+    fault: str = ""
     log_level: str = "INFO"
     demo: bool = False
 
     @property
     def db_path(self) -> Path:
         return self.db if self.db is not None else self.data_dir / "holdsvc.sqlite3"
+
+    @property
+    def gateway_ledger_path(self) -> Path:
+        if self.gateway_ledger is not None:
+            return self.gateway_ledger
+        return self.data_dir / "mock-gateway.sqlite3"
 
     @property
     def hold_ttl_ms(self) -> int:
@@ -92,6 +103,10 @@ class Settings:
             raise ValueError("sweep-interval must be 0 (off) to 1 second")
         if self.reconcile_grace < 0:
             raise ValueError("reconcile-grace must not be negative")
+        from holdsvc.faults import POINTS
+
+        if self.fault and self.fault not in POINTS:
+            raise ValueError(f"HOLDSVC_FAULT must be one of {', '.join(POINTS)}")
         if not 1 <= self.max_seats_per_booking <= 100:
             raise ValueError("max-seats-per-booking must be 1..100")
 
@@ -118,6 +133,7 @@ _CONVERTERS: dict[str, Any] = {
     "require_keyspace_events": _parse_bool,
     "idempotency_ttl": float,
     "max_body_bytes": int,
+    "gateway_ledger": Path,
     "demo": _parse_bool,
 }
 

@@ -58,8 +58,12 @@ CREATE TABLE IF NOT EXISTS payments (
     status      TEXT NOT NULL,
     amount      TEXT NOT NULL,
     currency    TEXT NOT NULL,
+    -- The Idempotency-Key of the pay request that started it: a retry of that request after
+    -- a crash is recognised as the same payment.
+    idem_key    TEXT,
     updated_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS payments_by_status ON payments (status, updated_at);
 
 -- status NULL: the first request with this key is still running.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -67,6 +71,14 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     fingerprint  BLOB NOT NULL,
     status       INTEGER,
     body         BLOB,
-    started_at   INTEGER NOT NULL
+    started_at   INTEGER NOT NULL,
+    owner        TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency_keys (started_at);
+
+-- One row per running service process; a key claimed by a process whose heartbeat stopped
+-- (it crashed) is taken over by the retry instead of answering "in progress" forever.
+CREATE TABLE IF NOT EXISTS instances (
+    id            TEXT PRIMARY KEY,
+    heartbeat_at  INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -60,6 +60,7 @@ class PaymentRecord:
     status: str
     amount: str
     currency: str
+    idem_key: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class PaymentChange:
     method: str = ""
     amount: str = ""
     currency: str = ""
+    idem_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,8 @@ class ClaimResult:
 
 _BOOKING_COLUMNS = (
     "b.id, b.flight_id, b.user_id, b.state, b.amount, b.currency, b.hold_expires_at, "
-    "b.created_at, b.updated_at, p.payment_id, p.method, p.status, p.amount, p.currency"
+    "b.created_at, b.updated_at, p.payment_id, p.method, p.status, p.amount, p.currency, "
+    "p.idem_key"
 )
 _FLIGHT_COLUMNS = (
     "id, flight_number, origin, destination, departure_time, seat_rows, seat_letters, price, "
@@ -191,7 +194,7 @@ def _change_payment(
     if change.expect is None:
         conn.execute(
             "INSERT INTO payments (booking_id, payment_id, method, status, amount, currency,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " idem_key, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 booking_id,
                 change.payment_id,
@@ -199,6 +202,7 @@ def _change_payment(
                 change.status,
                 change.amount,
                 change.currency,
+                change.idem_key,
                 at,
             ),
         )
@@ -449,6 +453,23 @@ class SqlStore:
             payment=payment,
         )
 
+    async def unsettled_payments(self, before_ms: int, limit: int) -> list[str]:
+        """Bookings whose payment a dead or stalled pay left open since before ``before_ms``.
+
+        - PAYMENT_PENDING past its hold deadline (the payment window is over);
+        - a payment still ``pending`` on a booking that is no longer PAYMENT_PENDING;
+        - a refund claimed (``refunding``) and never finished.
+        """
+        async with self._reader.execute(
+            "SELECT id FROM bookings WHERE state = 'PAYMENT_PENDING' AND hold_expires_at < ?"
+            " UNION SELECT p.booking_id FROM payments p JOIN bookings b ON b.id = p.booking_id"
+            " WHERE p.status = 'pending' AND b.state != 'PAYMENT_PENDING' AND p.updated_at < ?"
+            " UNION SELECT booking_id FROM payments WHERE status = 'refunding' AND updated_at < ?"
+            " LIMIT ?",
+            (before_ms, before_ms, before_ms, limit),
+        ) as cur:
+            return [r[0] for r in await cur.fetchall()]
+
     async def overdue(self, states: Collection[str], before_ms: int, limit: int) -> list[str]:
         """Ids of bookings in ``states`` whose hold deadline is before ``before_ms``."""
         wanted = list(states)
@@ -493,33 +514,56 @@ class SqlStore:
     # ----- idempotency keys
 
     async def claim_key(
-        self, key: str, fingerprint: bytes, *, lease_ms: int, ttl_ms: int
+        self, key: str, fingerprint: bytes, *, owner: str, stale_ms: int, ttl_ms: int
     ) -> ClaimResult:
-        """Take an idempotency key for a new request, or say what the first request left."""
+        """Take an idempotency key for a new request, or say what the first request left.
+
+        A key still running under a process whose heartbeat stopped ``stale_ms`` ago (it
+        crashed) is taken over, so the retry runs instead of waiting forever.
+        """
         at = now_ms()
 
         def op(conn: sqlite3.Connection) -> ClaimResult:
             row = conn.execute(
-                "SELECT fingerprint, status, body, started_at FROM idempotency_keys WHERE key = ?",
+                "SELECT k.fingerprint, k.status, k.body, k.started_at, k.owner, i.heartbeat_at"
+                " FROM idempotency_keys k LEFT JOIN instances i ON i.id = k.owner"
+                " WHERE k.key = ?",
                 (key,),
             ).fetchone()
             if row is not None and row[3] >= at - ttl_ms:
-                stored_fp, status, body, started_at = row
+                stored_fp, status, body, _, holder, heartbeat = row
                 if bytes(stored_fp) != fingerprint:
                     return ClaimResult(Claim.MISMATCH)
                 if status is not None:
                     return ClaimResult(Claim.REPLAY, status, bytes(body))
-                # A first request whose process died keeps its key only for the lease.
-                if started_at >= at - lease_ms:
+                if holder == owner or (heartbeat is not None and heartbeat >= at - stale_ms):
                     return ClaimResult(Claim.RUNNING)
             conn.execute(
                 "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, body,"
-                " started_at) VALUES (?, ?, NULL, NULL, ?)",
-                (key, fingerprint, at),
+                " started_at, owner) VALUES (?, ?, NULL, NULL, ?, ?)",
+                (key, fingerprint, at, owner),
             )
             return ClaimResult(Claim.NEW)
 
         return await self._writer.submit(op)
+
+    async def heartbeat(self, instance: str) -> None:
+        at = now_ms()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO instances (id, heartbeat_at) VALUES (?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                (instance, at),
+            )
+
+        await self._writer.submit(op)
+
+    async def retire(self, instance: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM instances WHERE id = ?", (instance,))
+
+        await self._writer.submit(op)
 
     async def complete_key(self, key: str, status: int, body: bytes) -> None:
         def op(conn: sqlite3.Connection) -> None:
