@@ -18,7 +18,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 # A process's heartbeat is written every HEARTBEAT_EVERY_S; silent this long, it is dead.
 HEARTBEAT_EVERY_S = 1.0
-HEARTBEAT_STALE_MS = 5000
+HEARTBEAT_STALE_MS = 3000
 
 
 @web.middleware

@@ -1,0 +1,122 @@
+"""Redis loses its data (FLUSHALL, SIGKILL, a restart empty or from its AOF): booked seats are
+restored from SQL before any hold, lost holds end EXPIRED, nothing is sold twice."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from holdsvc.appkeys import STORE
+from holdsvc.embedded_redis import EmbeddedRedis
+from holdsvc.settings import Settings
+from tests.conftest import eventually, hold, new_flight, seat_map
+from tests.invariants import check_invariants, unsettled
+
+Client = TestClient[Any, Any]
+MakeClient = Callable[[Settings], Awaitable[Client]]
+
+
+async def test_flushall_restores_booked_seats_before_any_hold(client: Client, redis: Redis) -> None:
+    flight = await new_flight(client)
+    sold = await hold(client, flight["id"], ["1A", "1B"])
+    assert (await client.post(f"/api/bookings/{sold['id']}/pay/")).status == 200
+    held = await hold(client, flight["id"], ["2A"])
+    await redis.flushall()
+
+    # The first hold after the loss finds the flight unrestored, restores it, then answers.
+    resp = await client.post(
+        "/api/bookings/", json={"flight_id": flight["id"], "user_id": "u9", "seats": ["1A"]}
+    )
+    assert resp.status == 409
+    assert await resp.json() == {"error": "Seats not available", "seats": ["1A"]}
+    seats = await seat_map(client, flight["id"])
+    assert seats["1A"] == seats["1B"] == "booked"
+    assert seats["2A"] == "available"
+
+    # The hold Redis lost is recorded EXPIRED, and its seat can be held again.
+    after = await (await client.get(f"/api/bookings/{held['id']}/")).json()
+    assert after["state"] == "EXPIRED"
+    history = await client.app[STORE].transitions_of(held["id"])
+    assert history[-1] == ("SEAT_HELD", "EXPIRED", "redis-data-lost")
+    assert (await hold(client, flight["id"], ["2A"], user="u9"))["state"] == "SEAT_HELD"
+
+
+@pytest.mark.parametrize("restart", ["empty", "from-aof"])
+async def test_redis_sigkill_under_load(
+    restart: str,
+    make_client: MakeClient,
+    settings: Settings,
+    redis_server: EmbeddedRedis,
+) -> None:
+    client = await make_client(
+        settings.replace(hold_ttl=2.0, payment_window=2.0, sweep_interval=0.2, reconcile_grace=0.5)
+    )
+    flight = await new_flight(client, rows=6, seat_letters="ABCDEFGHIJ")
+    seats = [f"{r}{c}" for r in range(1, 7) for c in "ABCDEFGHIJ"]
+    rng = random.Random(11)
+    confirmed: set[str] = set()
+    statuses: dict[int, int] = {}
+    stop_at = time.monotonic() + 6
+
+    async def customer(n: int) -> None:
+        for _ in range(25):  # bounded in count and in time
+            if time.monotonic() > stop_at:
+                return
+            start = rng.randrange(len(seats) - 2)
+            resp = await client.post(
+                "/api/bookings/",
+                json={
+                    "flight_id": flight["id"],
+                    "user_id": f"c{n}",
+                    "seats": seats[start : start + 2],
+                },
+            )
+            statuses[resp.status] = statuses.get(resp.status, 0) + 1
+            await asyncio.sleep(0.1)  # spread the load across the outage
+            if resp.status != 201:
+                continue
+            bid = (await resp.json())["id"]
+            if rng.random() < 0.6:
+                paid = await client.post(f"/api/bookings/{bid}/pay/")
+                statuses[paid.status] = statuses.get(paid.status, 0) + 1
+                if paid.status == 200:
+                    confirmed.add(bid)
+
+    async def chaos() -> None:
+        await asyncio.sleep(1.5)
+        redis_server.kill(signal.SIGKILL)
+        if restart == "empty":
+            shutil.rmtree(redis_server.directory)
+        await asyncio.sleep(0.5)
+        redis_server.start()
+
+    await asyncio.wait_for(asyncio.gather(chaos(), *(customer(n) for n in range(16))), 30)
+    assert set(statuses) <= {200, 201, 409, 503}, statuses
+    assert statuses.get(200, 0) > 0 and statuses.get(201, 0) > 0
+    assert statuses.get(503, 0) > 0, f"the outage must hit requests in flight: {statuses}"
+
+    # Every lapsed hold and every open payment ends within the bound.
+    async def all_settled() -> bool:
+        return unsettled(settings.db_path) == []
+
+    await eventually(all_settled, timeout=10, interval=0.2)
+    async with Redis.from_url(redis_server.url) as redis:
+        # The sweeper has restored the flight into the new Redis by now.
+        await eventually(lambda: _marker_set(redis, flight["id"]), timeout=5, interval=0.1)
+        await check_invariants(settings.db_path, settings.gateway_ledger_path, redis, flight["id"])
+    for bid in confirmed:
+        body = await (await client.get(f"/api/bookings/{bid}/")).json()
+        assert body["state"] == "CONFIRMED", body
+
+
+async def _marker_set(redis: Redis, flight_id: int) -> bool:
+    return bool(await redis.exists(f"{{f:{flight_id}}}:e"))
