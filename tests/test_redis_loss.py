@@ -81,6 +81,9 @@ async def test_redis_sigkill_under_load(
                 },
             )
             statuses[resp.status] = statuses.get(resp.status, 0) + 1
+            if resp.status == 503:
+                assert resp.headers["Retry-After"] == "1"
+                assert "error" in await resp.json()
             await asyncio.sleep(0.1)  # spread the load across the outage
             if resp.status != 201:
                 continue
