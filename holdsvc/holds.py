@@ -146,12 +146,15 @@ class HoldStore:
         self, flight_id: int, booked: list[tuple[str, str]], run_id: str, chunk: int = 5000
     ) -> None:
         """Mark ``(seat, booking id)`` booked for good, then set the flight's marker, last."""
-        for start in range(0, len(booked), chunk):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for seat, booking_id in booked[start : start + chunk]:
-                    pipe.set(keys.seat(flight_id, seat), keys.BOOKED_PREFIX + booking_id.encode())
-                await pipe.execute()
-        await self.redis.set(keys.marker(flight_id), run_id)
+        chunks = [booked[i : i + chunk] for i in range(0, len(booked), chunk)] or [[]]
+        for n, part in enumerate(chunks):
+            last = n == len(chunks) - 1
+            pairs = [x for seat, booking_id in part for x in (seat, booking_id)]
+            reply = await self._s.restore_seats(
+                keys=[keys.marker(flight_id)], args=["1" if last else "0", run_id, *pairs]
+            )
+            if reply != len(part):
+                raise UnknownScriptReply("restore_seats", reply)
 
     async def stale_markers(self, flight_ids: list[int], run_id: str) -> list[int]:
         """The flights whose marker is missing or was set under another Redis run id."""

@@ -24,6 +24,7 @@ NAMES = (
     "confirm_seats",
     "release_seats",
     "due_holds",
+    "restore_seats",
 )
 
 
@@ -46,6 +47,7 @@ class Scripts:
     confirm_seats: AsyncScript
     release_seats: AsyncScript
     due_holds: AsyncScript
+    restore_seats: AsyncScript
 
 
 async def load_scripts(redis: Redis, lua_dir: Path = LUA_DIR) -> Scripts:

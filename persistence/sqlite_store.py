@@ -497,8 +497,9 @@ class SqlStore:
             " WHERE bs.flight_id = ? AND bs.live = 1 ORDER BY bs.booking_id, bs.pos",
             (flight_id,),
         ) as cur:
-            async for bid, state, seat in cur:
-                bookings.setdefault(bid, (state, []))[1].append(seat)
+            rows = await cur.fetchall()  # one thread hop, not one per row
+        for bid, state, seat in rows:
+            bookings.setdefault(bid, (state, []))[1].append(seat)
         return [(bid, state, seats) for bid, (state, seats) in bookings.items()]
 
     async def live_seats(self, flight_id: int) -> list[tuple[str, str, str]]:

@@ -1,0 +1,192 @@
+"""Measures expiry lag under a large live-hold load, and the time to restore booked seats
+into a Redis that came back empty.
+
+    python -m bench.recovery --live 100000 --short 1000 --booked 100000
+
+Runs in-process against its own Redis server (free port) and its own SQLite file; prints one
+JSON object. Bounded: every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from holdsvc import appkeys as k
+from holdsvc.app import create_app
+from holdsvc.bookings import HoldRequest
+from holdsvc.embedded_redis import EmbeddedRedis, find_binary
+from holdsvc.settings import Settings
+from holdsvc.states import State, move
+from persistence.sqlite_store import NewBooking, NewFlight, now_ms
+
+LETTERS = "ABCDEFGHIJKL"
+ROWS = 150  # 1,800 seats a flight, the most a flight may have
+
+
+def flight(n: int) -> NewFlight:
+    return NewFlight(f"BX{n}", "DEL", "BOM", "2026-12-01T09:30:00Z", ROWS, LETTERS, "10.00", "INR")
+
+
+async def make_flights(app: web.Application, count: int) -> list[int]:
+    ids = []
+    for n in range(count):
+        f = await app[k.FLIGHTS].create(flight(n))
+        await app[k.RESTORER].restore(f.id, "new flight")
+        ids.append(f.id)
+    return ids
+
+
+async def hold_everything(app: web.Application, flights: list[int], per_booking: int) -> int:
+    """Hold every seat of these flights, ``per_booking`` seats a booking, 64 at a time."""
+    bookings = app[k.BOOKINGS]
+    seats = [f"{r}{c}" for r in range(1, ROWS + 1) for c in LETTERS]
+    groups = [seats[i : i + per_booking] for i in range(0, len(seats), per_booking)]
+    jobs = [(f, g) for f in flights for g in groups]
+    held = 0
+    sem = asyncio.Semaphore(64)
+
+    async def one(flight_id: int, group: list[str]) -> None:
+        nonlocal held
+        async with sem:
+            await bookings.hold(HoldRequest(flight_id, "bench", group, None))
+            held += len(group)
+
+    await asyncio.gather(*(one(f, g) for f, g in jobs))
+    return held
+
+
+async def expiry_lag(base: Settings, live: int, short: int) -> dict[str, Any]:
+    app = create_app(base.replace(hold_ttl=600.0))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        started = time.monotonic()
+        live_flights = await make_flights(app, -(-live // (ROWS * len(LETTERS))))
+        held = await hold_everything(app, live_flights, 1)
+        setup_s = time.monotonic() - started
+    finally:
+        await runner.cleanup()
+
+    # The short holds are made by an app whose holds last 2 s; the same Redis keeps the live
+    # ones. A second app serves and expires.
+    app = create_app(base.replace(hold_ttl=2.0))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        [short_flight] = await make_flights(app, 1)
+        seats = [f"{r}{c}" for r in range(1, ROWS + 1) for c in LETTERS][:short]
+        ids = [
+            (await app[k.BOOKINGS].hold(HoldRequest(short_flight, "bench", [s], None))).id
+            for s in seats
+        ]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with sqlite3.connect(base.db_path) as conn:
+                done = conn.execute(
+                    "SELECT count(*) FROM bookings WHERE flight_id = ? AND state = 'EXPIRED'",
+                    (short_flight,),
+                ).fetchone()[0]
+            if done == len(ids):
+                break
+            await asyncio.sleep(0.2)
+        with sqlite3.connect(base.db_path) as conn:
+            rows = conn.execute(
+                "SELECT t.at - b.hold_expires_at, t.cause FROM transitions t"
+                " JOIN bookings b ON b.id = t.booking_id"
+                " WHERE b.flight_id = ? AND t.to_state = 'EXPIRED'",
+                (short_flight,),
+            ).fetchall()
+    finally:
+        await runner.cleanup()
+    lags = sorted(r[0] for r in rows)
+    causes: dict[str, int] = {}
+    for _, cause in rows:
+        causes[cause] = causes.get(cause, 0) + 1
+    return {
+        "live_holds": held,
+        "live_setup_s": round(setup_s, 1),
+        "short_holds": len(ids),
+        "expired": len(lags),
+        "stuck": len(ids) - len(lags),
+        "lag_p50_ms": lags[len(lags) // 2] if lags else None,
+        "lag_p99_ms": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else None,
+        "lag_max_ms": lags[-1] if lags else None,
+        "lag_mean_ms": round(statistics.fmean(lags), 1) if lags else None,
+        "expired_by": causes,
+    }
+
+
+async def restore_time(base: Settings, booked: int, redis_url: str) -> dict[str, Any]:
+    app = create_app(base)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        flights = await make_flights(app, -(-booked // (ROWS * len(LETTERS))))
+        store = app[k.STORE]
+        seats = [f"{r}{c}" for r in range(1, ROWS + 1) for c in LETTERS]
+        count = 0
+        for f in flights:
+            for i in range(0, len(seats), 10):
+                if count >= booked:
+                    break
+                group = seats[i : i + 10]
+                bid = f"rb{f}x{i}"
+                await store.insert_hold(
+                    NewBooking(bid, f, "bench", "SEAT_HELD", group, "100.00", "INR",
+                               now_ms() + 600_000, now_ms()),
+                    move(State.EXPIRED, "superseded"),
+                )  # fmt: skip
+                await store.transition(bid, move(State.PAYMENT_PENDING, "bench"))
+                await store.transition(bid, move(State.CONFIRMED, "bench"))
+                count += len(group)
+        async with Redis.from_url(redis_url) as redis:
+            await redis.flushall()
+            started = time.monotonic()
+            restored = await app[k.RESTORER].check()
+            elapsed = time.monotonic() - started
+            keys = await redis.dbsize()
+    finally:
+        await runner.cleanup()
+    return {
+        "booked_seats": count,
+        "flights_restored": restored,
+        "restore_s": round(elapsed, 3),
+        "redis_keys_after": keys,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--live", type=int, default=100_000)
+    parser.add_argument("--short", type=int, default=1_000)
+    parser.add_argument("--booked", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp) / "redis", binary=find_binary("auto"))
+        server.start()
+        try:
+            base = Settings(redis_url=server.url, data_dir=Path(tmp), db=Path(tmp) / "a.sqlite3")
+            result: dict[str, Any] = {"expiry": await expiry_lag(base, args.live, args.short)}
+            async with Redis.from_url(server.url) as redis:
+                await redis.flushall()
+            base = base.replace(db=Path(tmp) / "b.sqlite3")
+            result["restore"] = await restore_time(base, args.booked, server.url)
+            result["redis_server"] = server.binary.name
+        finally:
+            server.stop()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
