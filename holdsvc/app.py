@@ -8,7 +8,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -175,14 +176,9 @@ async def _persister(app: web.Application) -> AsyncIterator[None]:
         on_subscribed=lambda: expirer.sweep("resubscribe"),
     )
     app[k.PERSISTER] = persister
-    task = asyncio.create_task(persister.run(), name="persister")
-    try:
+    async with _background(persister.run(), "persister"):
         await asyncio.wait_for(persister.subscribed.wait(), timeout=10)
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
@@ -195,16 +191,9 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     if settings.sweep_interval <= 0:
         yield
         return
-    task = asyncio.create_task(
-        run_sweeper(restorer, expirer, recovery, settings.sweep_interval, grace_ms),
-        name="sweeper",
-    )
-    try:
+    sweeper = run_sweeper(restorer, expirer, recovery, settings.sweep_interval, grace_ms)
+    async with _background(sweeper, "sweeper"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
@@ -227,11 +216,18 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             except Exception as exc:
                 log.warning("housekeeping failed: %s", exc)
 
-    task = asyncio.create_task(beat(), name="housekeeping")
+    async with _background(beat(), "housekeeping"):
+        yield
+    await store.retire(instance)
+
+
+@contextlib.asynccontextmanager
+async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``work`` as a task for the life of the block; cancel and await it on the way out."""
+    task = asyncio.create_task(work, name=name)
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await store.retire(instance)
