@@ -25,6 +25,7 @@ from holdsvc.holds import HoldStore
 from holdsvc.middleware import HEARTBEAT_EVERY_S, errors_middleware, idempotency_middleware
 from holdsvc.payments import MockGateway
 from holdsvc.recovery import PaymentRecovery
+from holdsvc.redis_client import PipelinedRedis
 from holdsvc.restore import Restorer
 from holdsvc.scripts import load_scripts
 from holdsvc.settings import Settings
@@ -106,8 +107,12 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
             )
         scripts = await load_scripts(redis)
         app[k.REDIS] = redis
-        app[k.HOLDS] = HoldStore(redis, scripts)
-        yield
+        holds = HoldStore(redis, scripts, PipelinedRedis(app[k.REDIS_URL]))
+        app[k.HOLDS] = holds
+        try:
+            yield
+        finally:
+            await holds.close()
     finally:
         await redis.aclose()
         await pool.disconnect()

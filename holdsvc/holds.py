@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from holdsvc import keys
-from holdsvc.scripts import Scripts, UnknownScriptReply
+from holdsvc.redis_client import PipelinedRedis
+from holdsvc.scripts import Scripts, UnknownScriptReply, load_scripts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +56,46 @@ class SeatStatus(Enum):
 
 
 class HoldStore:
-    """Atomic seat operations of one Redis; every method is one round trip."""
+    """Atomic seat operations of one Redis; every method is one round trip.
 
-    def __init__(self, redis: Redis, scripts: Scripts) -> None:
+    The hot path (every script call, seat reads) goes through the auto-pipelining client;
+    redis-py serves the rest (INFO, pipelines of admin reads).
+    """
+
+    def __init__(self, redis: Redis, scripts: Scripts, fast: PipelinedRedis) -> None:
         self.redis = redis
         self._s = scripts
+        self._fast = fast
+
+    owns_redis = False
+
+    async def close(self) -> None:
+        await self._fast.close()
+        if self.owns_redis:
+            await self.redis.aclose()
+
+    async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        # SCRIPT FLUSH, or a restarted Redis: load the source again, then retry once.
+        log.warning("Redis has no script %s (NOSCRIPT): loading it again", script.sha)
+        await self._fast.execute("SCRIPT", "LOAD", script.script)
+        return await self._fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def raw_set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
+        """A bare ``SET NX PX`` on the same client: the benchmark's ceiling for a hold."""
+        return await self._fast.execute("SET", key, value, "NX", "PX", ttl_ms) is not None
 
     async def hold(
         self, flight_id: int, seats: list[str], booking_id: str, ttl_ms: int
     ) -> Held | Taken | NotRestored:
-        reply = await self._s.hold_seats(
-            keys=[keys.deadlines(flight_id), keys.marker(flight_id), *keys.seats(flight_id, seats)],
-            args=[booking_id, ttl_ms],
+        reply = await self._eval(
+            self._s.hold_seats,
+            [keys.deadlines(flight_id), keys.marker(flight_id), *keys.seats(flight_id, seats)],
+            [booking_id, ttl_ms],
         )
         match reply:
             case [1, int(deadline)]:
@@ -74,9 +109,10 @@ class HoldStore:
     async def hold_best(
         self, flight_id: int, count: int, rows: int, letters: str, booking_id: str, ttl_ms: int
     ) -> Held | NotEnough | NotRestored:
-        reply = await self._s.hold_best(
-            keys=[keys.deadlines(flight_id), keys.marker(flight_id)],
-            args=[booking_id, ttl_ms, count, rows, letters],
+        reply = await self._eval(
+            self._s.hold_best,
+            [keys.deadlines(flight_id), keys.marker(flight_id)],
+            [booking_id, ttl_ms, count, rows, letters],
         )
         match reply:
             case [1, int(deadline), *names] if len(names) == count:
@@ -91,9 +127,10 @@ class HoldStore:
         self, flight_id: int, seats: list[str], booking_id: str, window_ms: int
     ) -> int | None:
         """Extend the hold through the payment; None when the hold is no longer this booking's."""
-        reply = await self._s.begin_payment(
-            keys=[keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
-            args=[booking_id, window_ms],
+        reply = await self._eval(
+            self._s.begin_payment,
+            [keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
+            [booking_id, window_ms],
         )
         match reply:
             case [1, int(deadline)]:
@@ -103,18 +140,20 @@ class HoldStore:
         raise UnknownScriptReply("begin_payment", reply)
 
     async def confirm(self, flight_id: int, seats: list[str], booking_id: str) -> Confirm:
-        reply = await self._s.confirm_seats(
-            keys=[keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
-            args=[booking_id],
+        reply = await self._eval(
+            self._s.confirm_seats,
+            [keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
+            [booking_id],
         )
         if isinstance(reply, int) and reply in (0, 1, 2):
             return Confirm(reply)
         raise UnknownScriptReply("confirm_seats", reply)
 
     async def release(self, flight_id: int, seats: list[str], booking_id: str) -> int:
-        reply = await self._s.release_seats(
-            keys=[keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
-            args=[booking_id],
+        reply = await self._eval(
+            self._s.release_seats,
+            [keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
+            [booking_id],
         )
         if isinstance(reply, int) and 0 <= reply <= len(seats):
             return reply
@@ -122,7 +161,7 @@ class HoldStore:
 
     async def due(self, flight_id: int, limit: int) -> list[str]:
         """Booking ids of this flight whose hold deadline has passed."""
-        reply = await self._s.due_holds(keys=[keys.deadlines(flight_id)], args=[limit])
+        reply = await self._eval(self._s.due_holds, [keys.deadlines(flight_id)], [limit])
         if isinstance(reply, list):
             return [b.decode() for b in reply]
         raise UnknownScriptReply("due_holds", reply)
@@ -150,8 +189,10 @@ class HoldStore:
         for n, part in enumerate(chunks):
             last = n == len(chunks) - 1
             pairs = [x for seat, booking_id in part for x in (seat, booking_id)]
-            reply = await self._s.restore_seats(
-                keys=[keys.marker(flight_id)], args=["1" if last else "0", run_id, *pairs]
+            reply = await self._eval(
+                self._s.restore_seats,
+                [keys.marker(flight_id)],
+                ["1" if last else "0", run_id, *pairs],
             )
             if reply != len(part):
                 raise UnknownScriptReply("restore_seats", reply)
@@ -185,7 +226,7 @@ class HoldStore:
         return str(info.get("run_id", ""))
 
     async def seat_statuses(self, flight_id: int, seats: list[str]) -> list[SeatStatus]:
-        values = await self.redis.mget(keys.seats(flight_id, seats))
+        values = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
         return [_status(v) for v in values]
 
     async def free_counts(self, flights: list[tuple[int, list[str]]]) -> list[int]:
@@ -203,3 +244,13 @@ def _status(value: bytes | str | None) -> SeatStatus:
     if value[:1] in (keys.BOOKED_PREFIX, keys.BOOKED_PREFIX.decode()):
         return SeatStatus.BOOKED
     return SeatStatus.HELD
+
+
+async def connect_hold_store(url: str, pool_size: int = 64) -> HoldStore:
+    """A HoldStore with its own clients, for tools that run without the app (the benchmark)."""
+    from redis.asyncio import BlockingConnectionPool
+
+    redis = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=pool_size))
+    store = HoldStore(redis, await load_scripts(redis), PipelinedRedis(url))
+    store.owns_redis = True
+    return store

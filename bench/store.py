@@ -1,0 +1,156 @@
+"""Store-level scenarios: holdsvc's hold script over its own Redis client, in a worker process.
+
+store_holds  4-seat holds/s next to bare SET NX EX/s, same client, same concurrency
+contention   64 clients fighting for the same 10 seats; double holds counted
+memory       Redis bytes per held seat
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+from typing import Any
+
+from bench.common import closed_loop
+from holdsvc.holds import Held, HoldStore, NotRestored, Taken, connect_hold_store
+
+LETTERS = "ABCDEF"
+ROWS = 30
+SEATS = [f"{r}{c}" for r in range(1, ROWS + 1) for c in LETTERS]  # 180, as the seed flights
+TTL_MS = 600_000
+
+
+async def _store(url: str) -> HoldStore:
+    return await connect_hold_store(url)
+
+
+async def _mark_flights(holds: HoldStore, flights: range) -> None:
+    run_id = await holds.server_run_id()
+    for f in flights:
+        await holds.restore(f, [], run_id)
+
+
+def store_holds(url: str, seconds: float, max_calls: int, concurrency: int) -> dict[str, Any]:
+    return asyncio.run(_store_holds(url, seconds, max_calls, concurrency))
+
+
+async def _store_holds(
+    url: str, seconds: float, max_calls: int, concurrency: int
+) -> dict[str, Any]:
+    holds = await _store(url)
+    per_flight = len(SEATS) // 4
+    flights = range(10_000, 10_000 + max_calls // per_flight + 2)
+    await _mark_flights(holds, flights)
+    prefix = secrets.token_hex(3)
+
+    async def raw(n: int) -> str:
+        ok = await holds.raw_set_nx(f"{{r:{prefix}}}:{n}", b"bench", TTL_MS)
+        return "set" if ok else "refused"
+
+    async def hold(n: int) -> str:
+        flight, slot = divmod(n, per_flight)
+        seats = SEATS[slot * 4 : slot * 4 + 4]
+        result = await holds.hold(flights[flight], seats, f"b{prefix}{n}", TTL_MS)
+        return "held" if isinstance(result, Held) else "refused"
+
+    raw_load = await closed_loop(raw, concurrency, seconds, max_calls)
+    hold_load = await closed_loop(hold, concurrency, seconds, max_calls)
+    await holds.close()
+    raw_rate, hold_rate = raw_load.rate("set"), hold_load.rate("held")
+    return {
+        "holds_per_s": round(hold_rate),
+        "raw_per_s": round(raw_rate),
+        "ratio_vs_raw": round(hold_rate / raw_rate, 3) if raw_rate else None,
+        "seats_per_hold": 4,
+        "concurrency": concurrency,
+        "hold_refused": hold_load.counts.get("refused", 0),
+        "raw_refused": raw_load.counts.get("refused", 0),
+        **{f"hold_{k}": v for k, v in hold_load.summary().items()},
+        **{f"raw_{k}": v for k, v in raw_load.summary().items()},
+    }
+
+
+def contention(url: str, seconds: float, max_calls: int, clients: int) -> dict[str, Any]:
+    return asyncio.run(_contention(url, seconds, max_calls, clients))
+
+
+async def _contention(url: str, seconds: float, max_calls: int, clients: int) -> dict[str, Any]:
+    holds = await _store(url)
+    flight = 20_000
+    await _mark_flights(holds, range(flight, flight + 1))
+    ten = ["1A", "1B", "1C", "1D", "1E", "2A", "2B", "2C", "2D", "2E"]
+    owner: dict[str, str] = {}
+    double_held = 0
+    rng = random.Random(5)
+
+    async def fight(n: int) -> str:
+        nonlocal double_held
+        start = rng.randrange(len(ten))
+        seats = ten[start : start + rng.randint(1, 3)]
+        bid = f"c{n}"
+        result = await holds.hold(flight, seats, bid, TTL_MS)
+        if isinstance(result, Taken):
+            return "refused"
+        if isinstance(result, NotRestored):
+            return "error"
+        # Redis says these seats are ours: nobody may be holding any of them right now.
+        double_held += sum(1 for s in seats if s in owner)
+        owner.update(dict.fromkeys(seats, bid))
+        await asyncio.sleep(0)
+        # Forget ownership before the release: once released, the next holder is legitimate.
+        for s in seats:
+            del owner[s]
+        await holds.release(flight, seats, bid)
+        return "held"
+
+    load = await closed_loop(fight, clients, seconds, max_calls)
+    await holds.close()
+    return {
+        "holds_per_s": round(load.rate("held")),
+        "refusals_per_s": round(load.rate("refused")),
+        "errors": load.counts.get("error", 0),
+        "double_held": double_held,
+        "clients": clients,
+        **load.summary(),
+    }
+
+
+def memory(url: str, seats: int) -> dict[str, Any]:
+    return asyncio.run(_memory(url, seats))
+
+
+async def _memory(url: str, seat_count: int) -> dict[str, Any]:
+    holds = await _store(url)
+    await holds.redis.flushall(asynchronous=False)
+    flights = range(30_000, 30_000 + seat_count // len(SEATS) + 1)
+    await _mark_flights(holds, flights)
+    rng = random.Random(9)
+    before = (await holds.redis.info("memory"))["used_memory"]
+    held = 0
+    jobs: list[tuple[int, list[str]]] = []
+    for f in flights:
+        i = 0
+        while i < len(SEATS) and held < seat_count:
+            size = min(rng.randint(1, 4), len(SEATS) - i, seat_count - held)
+            jobs.append((f, SEATS[i : i + size]))
+            i += size
+            held += size
+    sem = asyncio.Semaphore(64)
+
+    async def one(f: int, seats: list[str]) -> None:
+        async with sem:
+            # Booking ids as the service makes them: 16 url-safe characters.
+            result = await holds.hold(f, seats, secrets.token_urlsafe(12), TTL_MS)
+            assert isinstance(result, Held)
+
+    await asyncio.gather(*(one(f, s) for f, s in jobs))
+    after = (await holds.redis.info("memory"))["used_memory"]
+    info = await holds.redis.info("server")
+    await holds.close()
+    return {
+        "held_seats": held,
+        "bookings": len(jobs),
+        "bytes_per_held_seat": round((after - before) / held, 1),
+        "server": f"{info.get('redis_version', '?')}",
+    }
