@@ -159,7 +159,9 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     bookings = Bookings(settings, store, app[k.HOLDS], flights, gateway, restorer)
     app[k.BOOKINGS] = bookings
     app[k.EXPIRER] = Expirer(app[k.HOLDS], store, flights)
-    app[k.RECOVERY] = PaymentRecovery(bookings, store, gateway)
+    app[k.RECOVERY] = PaymentRecovery(
+        bookings, store, gateway, round(settings.gateway_timeout * 1000)
+    )
     try:
         yield
     finally:

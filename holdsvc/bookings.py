@@ -12,6 +12,7 @@ Ordering rules, and why:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import sqlite3
@@ -215,7 +216,17 @@ class Bookings:
             raise InvalidTransition(str(moved.state), State.PAYMENT_PENDING.value)
 
         crash_point(self._settings.fault, "before_charge")
-        charge = await self._gateway.charge(booking_id, booking.amount, booking.currency, method)
+        try:
+            charge = await asyncio.wait_for(
+                self._gateway.charge(booking_id, booking.amount, booking.currency, method),
+                self._settings.gateway_timeout,
+            )
+        except TimeoutError as exc:
+            # Recovery voids the charge at the gateway (or settles it, if it went through).
+            raise Unavailable(
+                "The payment gateway did not answer; the booking will be settled shortly",
+                retry_after_s=5,
+            ) from exc
         crash_point(self._settings.fault, "after_charge")
         try:
             outcome = await self.settle_charge(booking, charge)
@@ -236,9 +247,12 @@ class Bookings:
         if status == "failed":
             return PayOutcome.DECLINED, booking
         if state == State.PAYMENT_PENDING.value or status == "pending":
-            raise Conflict("The payment of this booking is still being settled; retry shortly")
-        if state == State.EXPIRED.value:
+            # Not final: answered 503, which the idempotency store does not keep.
+            raise Unavailable("The payment of this booking is still being settled", retry_after_s=2)
+        if status == "refunded" and state == State.EXPIRED.value:
             raise HoldLostDuringPayment(state)
+        if status == "refunded":
+            raise Conflict("This payment was refunded", state=state)
         return PayOutcome.CONFIRMED, booking
 
     async def settle_charge(self, booking: BookingRecord, charge: Charge) -> PayOutcome:
@@ -267,24 +281,32 @@ class Bookings:
             payment=PaymentChange("captured", {"pending"}, payment_id=charge.payment_id),
         )
         if not moved.moved:
+            if moved.state == State.CONFIRMED.value:
+                # Another settler of the same charge (a recovery, a retry) got there first.
+                return PayOutcome.CONFIRMED
             # Cancelled or expired while the charge ran: give the seats and the money back.
-            await self._holds.release(booking.flight_id, booking.seats, booking_id)
             await self.refund_lost(booking, charge.payment_id, "changed-during-payment")
             raise InvalidTransition(str(moved.state), State.CONFIRMED.value)
         crash_point(self._settings.fault, "after_commit")
         return PayOutcome.CONFIRMED
 
     async def refund_lost(self, booking: BookingRecord, payment_id: str, cause: str) -> None:
-        """Refund a capture whose seats could not be booked, and record the booking's end."""
+        """Refund a capture whose seats could not be booked, free whatever seats the booking
+        still has, and record the booking's end. Safe to run twice for one charge."""
         await self._gateway.refund(payment_id)
-        refunded = PaymentChange("refunded", {"pending"}, payment_id=payment_id)
+        await self._holds.release(booking.flight_id, booking.seats, booking.id)
+        refunded = PaymentChange("refunded", {"pending", "failed"}, payment_id=payment_id)
         moved = await self._store.transition(
             booking.id,
             move(State.EXPIRED, cause, only_from=State.PAYMENT_PENDING),
             payment=refunded,
         )
         if not moved.moved:
-            await self._store.change_payment(booking.id, refunded, booking_in=ALL_STATES)
+            try:
+                await self._store.change_payment(booking.id, refunded, booking_in=ALL_STATES)
+            except PaymentChanged as exc:
+                if exc.status != "refunded":
+                    raise
         log.warning("booking %s: captured payment refunded (%s)", booking.id, cause)
 
     async def cancel(self, booking_id: str) -> BookingRecord:
@@ -318,13 +340,22 @@ class Bookings:
         if not claimed.moved:
             raise InvalidTransition(str(claimed.state), State.REFUNDED.value)
         assert payment.payment_id is not None
-        await self._gateway.refund(payment.payment_id)
+        try:
+            await asyncio.wait_for(
+                self._gateway.refund(payment.payment_id), self._settings.gateway_timeout
+            )
+        except TimeoutError as exc:
+            raise Unavailable(
+                "The payment gateway did not answer; the refund will complete shortly",
+                retry_after_s=5,
+            ) from exc
         moved = await self._store.transition(
             booking_id,
             move(State.REFUNDED, "refund"),
             payment=PaymentChange("refunded", {"refunding"}),
         )
-        if not moved.moved:
+        # REFUNDED already: recovery finished this same refund while the gateway was slow.
+        if not moved.moved and moved.state != State.REFUNDED.value:
             raise InvalidTransition(str(moved.state), State.REFUNDED.value)
         return await self.get(booking_id)
 

@@ -182,19 +182,24 @@ class HoldStore:
             await self.redis.zrem(keys.deadlines(flight_id), *booking_ids)
 
     async def restore(
-        self, flight_id: int, booked: list[tuple[str, str]], run_id: str, chunk: int = 5000
+        self,
+        flight_id: int,
+        booked: list[tuple[str, str]],
+        run_id: str | None,
+        chunk: int = 5000,
     ) -> None:
-        """Mark ``(seat, booking id)`` booked for good, then set the flight's marker, last."""
+        """Mark ``(seat, booking id)`` booked for good, then, given a ``run_id``, set the
+        flight's marker to it, last."""
         chunks = [booked[i : i + chunk] for i in range(0, len(booked), chunk)] or [[]]
         for n, part in enumerate(chunks):
-            last = n == len(chunks) - 1
+            last = n == len(chunks) - 1 and run_id is not None
             pairs = [x for seat, booking_id in part for x in (seat, booking_id)]
             reply = await self._eval(
                 self._s.restore_seats,
                 [keys.marker(flight_id)],
                 ["1" if last else "0", run_id, *pairs],
             )
-            if reply != len(part):
+            if not (isinstance(reply, int) and 0 <= reply <= len(part)):
                 raise UnknownScriptReply("restore_seats", reply)
 
     async def stale_markers(self, flight_ids: list[int], run_id: str) -> list[int]:
@@ -210,15 +215,26 @@ class HoldStore:
         return [f for f, v in zip(flight_ids, values, strict=True) if v != wanted]
 
     async def holders(self, flight_id: int, bookings: list[tuple[str, list[str]]]) -> list[bool]:
-        """For each (booking id, seats): does it still hold every one of its seats?"""
+        """For each (booking id, seats): does it still hold (or own) every one of its seats?"""
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, seats in bookings:
                 pipe.mget(keys.seats(flight_id, seats))
             replies = await pipe.execute()
         return [
-            all(v == booking_id.encode() for v in values)
+            all(
+                v in (booking_id.encode(), keys.BOOKED_PREFIX + booking_id.encode()) for v in values
+            )
             for (booking_id, _), values in zip(bookings, replies, strict=True)
         ]
+
+    async def booked_values(self, flight_id: int, seats: list[str]) -> dict[str, str]:
+        """seat -> booking id of every seat booked for good ("!" values) among ``seats``."""
+        values = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
+        return {
+            seat: v[1:].decode()
+            for seat, v in zip(seats, values, strict=True)
+            if v is not None and v.startswith(keys.BOOKED_PREFIX)
+        }
 
     async def server_run_id(self) -> str:
         """Changes whenever the Redis process restarts."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import re
 
 from aiohttp import web
@@ -13,12 +15,13 @@ from holdsvc.errors import Conflict, IdempotencyMismatch, ValidationError
 from holdsvc.responses import error_response
 from persistence.sqlite_store import Claim
 
+log = logging.getLogger(__name__)
+
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-# A process's heartbeat is written every HEARTBEAT_EVERY_S; silent this long, it is dead.
+# A process writes its heartbeat this often; Settings.takeover_after says when it is dead.
 HEARTBEAT_EVERY_S = 1.0
-HEARTBEAT_STALE_MS = 3000
 
 
 @web.middleware
@@ -52,11 +55,12 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     ).digest()
     settings = request.app[SETTINGS]
     store = request.app[STORE]
+    owner = request.app[INSTANCE_ID]
     claim = await store.claim_key(
         key,
         fingerprint,
-        owner=request.app[INSTANCE_ID],
-        stale_ms=HEARTBEAT_STALE_MS,
+        owner=owner,
+        stale_ms=round(settings.takeover_after * 1000),
         ttl_ms=round(settings.idempotency_ttl * 1000),
     )
     if claim.claim is Claim.MISMATCH:
@@ -79,14 +83,20 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
-            await store.release_key(key)
+            await store.release_key(key, owner)
             raise
         response = error_response(exc)
     except Exception as exc:
         response = error_response(exc)
     if response.status >= 500 or not isinstance(response, web.Response) or response.body is None:
-        await store.release_key(key)
+        await store.release_key(key, owner)
         return response
     assert isinstance(response.body, bytes)
-    await store.complete_key(key, response.status, response.body)
+    try:
+        await store.complete_key(key, owner, response.status, response.body)
+    except Exception:
+        # The answer still goes out; the key must not stay "in progress" for good.
+        log.exception("storing the answer for Idempotency-Key %r failed", key)
+        with contextlib.suppress(Exception):
+            await store.release_key(key, owner)
     return response

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS charges (
     method      TEXT NOT NULL,
     amount      TEXT NOT NULL,
     currency    TEXT NOT NULL,
-    status      TEXT NOT NULL,  -- captured, declined, refunded
+    status      TEXT NOT NULL,  -- captured, declined, refunded, voided
     at          INTEGER NOT NULL
 );
 """
@@ -66,6 +66,11 @@ class MockGateway:
     async def find(self, reference: str) -> Charge | None:
         return await asyncio.to_thread(self._find, reference)
 
+    async def void(self, reference: str) -> Charge | None:
+        """Close ``reference`` to charges: the charge it already has, or None and no charge
+        will ever be taken under it (a late ``charge`` then declines)."""
+        return await asyncio.to_thread(self._void, reference)
+
     async def refund(self, payment_id: str) -> None:
         await asyncio.to_thread(self._refund, payment_id)
 
@@ -97,6 +102,16 @@ class MockGateway:
         assert found is not None
         return found
 
+    def _void(self, reference: str) -> Charge | None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO charges (reference, payment_id, method, amount, currency,"
+                " status, at) VALUES (?, ?, '', '', '', 'voided', ?)",
+                (reference, "pi_" + secrets.token_hex(8), time.time_ns() // 1_000_000),
+            )
+        found = self._find(reference)
+        return found if found is not None and found.reason != "voided" else None
+
     def _find(self, reference: str) -> Charge | None:
         with self._lock:
             row = self._conn.execute(
@@ -109,7 +124,7 @@ class MockGateway:
             payment_id,
             captured=status in ("captured", "refunded"),
             refunded=status == "refunded",
-            reason="card_declined" if status == "declined" else None,
+            reason={"declined": "card_declined", "voided": "voided"}.get(status),
         )
 
     def _refund(self, payment_id: str) -> None:
@@ -117,7 +132,7 @@ class MockGateway:
             row = self._conn.execute(
                 "SELECT status FROM charges WHERE payment_id = ?", (payment_id,)
             ).fetchone()
-            if row is None or row[0] == "declined":
+            if row is None or row[0] in ("declined", "voided"):
                 raise GatewayError(f"no captured payment {payment_id}")
             self._conn.execute(
                 "UPDATE charges SET status = 'refunded' WHERE payment_id = ?", (payment_id,)

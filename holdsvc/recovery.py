@@ -24,22 +24,34 @@ BATCH = 200
 
 
 class PaymentRecovery:
-    def __init__(self, bookings: Bookings, store: SqlStore, gateway: MockGateway) -> None:
+    def __init__(
+        self, bookings: Bookings, store: SqlStore, gateway: MockGateway, gateway_timeout_ms: int
+    ) -> None:
         self._bookings = bookings
         self._store = store
         self._gateway = gateway
+        self._gateway_timeout_ms = gateway_timeout_ms
         self.settled = 0
 
     async def run(self, grace_ms: int) -> int:
-        """Settle everything left open for longer than ``grace_ms``; returns how many."""
+        """Settle everything left open past its bound; returns how many."""
         settled = 0
-        for booking_id in await self._store.unsettled_payments(now_ms() - grace_ms, BATCH):
+        now = now_ms()
+        # A payment touched less than a gateway timeout ago may still have a live call.
+        open_ids = await self._store.unsettled_payments(
+            now - grace_ms, now - grace_ms - self._gateway_timeout_ms, BATCH
+        )
+        for booking_id in open_ids:
             try:
                 await self.settle(booking_id)
             except DomainError as exc:
                 # The outcome of settling (a refund, a refused move) is the answer a live pay
                 # would have sent; here it is only logged.
                 log.info("booking %s settled: %s", booking_id, exc.message)
+            except Exception:
+                # One booking that cannot be settled now must not stop the others.
+                log.exception("settling booking %s failed; retried next round", booking_id)
+                continue
             settled += 1
         self.settled += settled
         return settled
@@ -47,7 +59,11 @@ class PaymentRecovery:
     async def settle(self, booking_id: str) -> None:
         booking = await self._bookings.get(booking_id)
         payment = booking.payment
-        charge = await self._gateway.find(booking_id)
+        if payment is not None and payment.status == "refunding":
+            charge = await self._gateway.find(booking_id)
+        else:
+            # Closes the reference to charges: a charge still in flight now declines.
+            charge = await self._gateway.void(booking_id)
         log.warning(
             "settling booking %s left %s with payment %s (gateway: %s)",
             booking_id,
@@ -60,7 +76,7 @@ class PaymentRecovery:
             return
         if booking.state == State.PAYMENT_PENDING.value:
             if charge is None:
-                # Never charged: the pay died before the gateway saw it.
+                # Never charged, and now never will be: the pay died before the gateway saw it.
                 await self._store.transition(
                     booking_id,
                     move(State.EXPIRED, "payment-abandoned", only_from=State.PAYMENT_PENDING),

@@ -5,6 +5,7 @@ the field. msgspec does the decoding (strict types, unknown fields refused, rang
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, TypeVar
@@ -41,7 +42,8 @@ class FlightIn(msgspec.Struct, forbid_unknown_fields=True):
 class HoldIn(msgspec.Struct, forbid_unknown_fields=True):
     flight_id: FlightId | None = None
     user_id: UserId | None = None
-    seats: list[SeatName] | None = None
+    # Bounded here so an oversized list is refused before any work is done on it.
+    seats: Annotated[list[SeatName], Meta(max_length=100)] | None = None
     seat_count: Count | None = None
     # The Node seed system's names for the same request.
     flightId: FlightId | None = None
@@ -129,10 +131,10 @@ def hold_from(body: HoldIn, max_seats: int) -> HoldRequest:
         seats = body.seats
         if not seats:
             raise ValidationError("seats must not be empty")
-        duplicates = sorted({s for s in seats if seats.count(s) > 1})
+        _limit(len(seats), max_seats)
+        duplicates = sorted(s for s, n in Counter(seats).items() if n > 1)
         if duplicates:
             raise ValidationError("seats must not repeat a seat", seats=duplicates)
-        _limit(len(seats), max_seats)
         return HoldRequest(flight_id, user_id, list(seats), None)
     count = body.seat_count if body.seat_count is not None else body.noOfSeats
     assert count is not None

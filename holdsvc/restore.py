@@ -21,6 +21,7 @@ from persistence.sqlite_store import SqlStore
 log = logging.getLogger(__name__)
 
 _HOLDING = (State.SEAT_HELD, State.PAYMENT_PENDING)
+_ENDED = frozenset(s.value for s in (State.CANCELLED, State.REFUNDED, State.EXPIRED))
 
 
 class Restorer:
@@ -67,6 +68,8 @@ class Restorer:
                     cas = move(State.EXPIRED, "redis-data-lost", only_from=State(state))
                     lost += (await self._store.transition(bid, cas)).moved
             await self._holds.restore(flight_id, booked, run_id)
+            # SQL was read before the writes: a booking cancelled meanwhile must not stay booked.
+            await self._reconcile_seats(flight_id)
             self.restored_seats += len(booked)
             self.lost_holds += lost
             log.log(
@@ -77,6 +80,46 @@ class Restorer:
                 len(booked),
                 lost,
             )
+
+    async def reconcile_all(self) -> int:
+        """Make every flight's booked seats in Redis agree with SQL; returns seats fixed."""
+        fixed = 0
+        for flight in await self._flights.all():
+            async with self._lock(flight.id):
+                fixed += await self._reconcile_seats(flight.id)
+        return fixed
+
+    async def _reconcile_seats(self, flight_id: int) -> int:
+        """Free seats booked in Redis for bookings SQL says have ended (a cancel whose Redis
+        step failed, a restore that read SQL just before a cancel), and book again the seats
+        of CONFIRMED bookings that Redis lacks (a confirm lost with the AOF's last second)."""
+        flight = await self._flights.get(flight_id)
+        redis_booked = await self._holds.booked_values(flight_id, flight.seats)
+        states = await self._store.states_of(set(redis_booked.values()))
+        orphans: dict[str, list[str]] = {}
+        for seat, bid in redis_booked.items():
+            if states.get(bid) in _ENDED:
+                orphans.setdefault(bid, []).append(seat)
+        for bid, seats in orphans.items():
+            await self._holds.release(flight_id, seats, bid)
+        missing = [
+            (seat, bid)
+            for bid, state, seats in await self._store.live_bookings(flight_id)
+            if state == State.CONFIRMED.value
+            for seat in seats
+            if redis_booked.get(seat) != bid
+        ]
+        if missing:
+            await self._holds.restore(flight_id, missing, run_id=None)
+        fixed = sum(len(s) for s in orphans.values()) + len(missing)
+        if fixed:
+            log.warning(
+                "flight %d: freed %d seats of ended bookings, booked %d seats again",
+                flight_id,
+                fixed - len(missing),
+                len(missing),
+            )
+        return fixed
 
     def _lock(self, flight_id: int) -> asyncio.Lock:
         return self._locks.setdefault(flight_id, asyncio.Lock())

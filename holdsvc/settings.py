@@ -30,8 +30,14 @@ class Settings:
     db: Path | None = None
     # Ten minutes, as the seed airline system held seats.
     hold_ttl: float = 600.0
-    # How long a started payment keeps the hold alive (the gateway must answer within it).
+    # How long a started payment keeps the hold alive.
     payment_window: float = 120.0
+    # A gateway call slower than this is abandoned (and, for a charge, voided by recovery).
+    # Below payment_window, so no live charge is still running when recovery takes over.
+    gateway_timeout: float = 30.0
+    # A request holding an Idempotency-Key whose process has not written its heartbeat for
+    # this long is taken to be dead; a retry then runs instead of answering "in progress".
+    takeover_after: float = 15.0
     max_seats_per_booking: int = 10
     # Off only in tests and for a standalone persister elsewhere: holds then expire in Redis
     # but nothing here records EXPIRED.
@@ -69,6 +75,10 @@ class Settings:
         return max(1, round(self.hold_ttl * 1000))
 
     @property
+    def grace_ms(self) -> int:
+        return round(self.reconcile_grace * 1000)
+
+    @property
     def payment_window_ms(self) -> int:
         return max(1, round(self.payment_window * 1000))
 
@@ -99,6 +109,10 @@ class Settings:
             raise ValueError(f"port must be 1..65535, got {self.port}")
         if self.hold_ttl <= 0 or self.payment_window <= 0:
             raise ValueError("hold-ttl and payment-window must be positive")
+        if self.gateway_timeout <= 0:
+            raise ValueError("gateway-timeout must be positive")
+        if self.takeover_after < 3:
+            raise ValueError("takeover-after must be at least 3 seconds")
         if self.sweep_interval < 0 or self.sweep_interval > 1:
             raise ValueError("sweep-interval must be 0 (off) to 1 second")
         if self.reconcile_grace < 0:
@@ -126,6 +140,8 @@ _CONVERTERS: dict[str, Any] = {
     "db": Path,
     "hold_ttl": float,
     "payment_window": float,
+    "gateway_timeout": float,
+    "takeover_after": float,
     "max_seats_per_booking": int,
     "persister_enabled": _parse_bool,
     "sweep_interval": float,
@@ -163,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--hold-ttl", type=float, help="seconds a hold lasts (default 600)")
     serve.add_argument("--payment-window", type=float, help="seconds a payment may take")
+    serve.add_argument(
+        "--gateway-timeout", type=float, help="seconds a gateway call may take (default 30)"
+    )
     serve.add_argument("--max-seats-per-booking", type=int, help="default 10")
     serve.add_argument(
         "--no-persister",

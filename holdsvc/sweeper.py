@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from holdsvc.expiry import Expirer
 from holdsvc.recovery import PaymentRecovery
 from holdsvc.restore import Restorer
 
 log = logging.getLogger(__name__)
+
+RECONCILE_SEATS_EVERY_S = 30.0
 
 
 async def sweep_round(
@@ -38,10 +41,18 @@ async def run_sweeper(
     interval: float,
     grace_ms: int,
 ) -> None:
-    """Sweep every ``interval`` seconds until cancelled; a failed round is logged and retried."""
+    """Sweep every ``interval`` seconds until cancelled; a failed round is logged and retried.
+
+    Every ``RECONCILE_SEATS_EVERY_S`` a round also compares every booked seat in Redis with
+    SQL: it reads every seat of every flight, so it runs far less often than the sweep.
+    """
+    last_reconcile = time.monotonic()
     while True:
         await asyncio.sleep(interval)
         try:
             await sweep_round(restorer, expirer, recovery, grace_ms, "sweeper")
+            if time.monotonic() - last_reconcile > RECONCILE_SEATS_EVERY_S:
+                last_reconcile = time.monotonic()
+                await restorer.reconcile_all()
         except Exception as exc:
             log.warning("sweep round failed: %s", exc)

@@ -3,19 +3,26 @@
 -- KEYS[1]   {f:<flight>}:e   the flight's marker (holds are refused while it is missing)
 -- ARGV[1]   "1": set the marker after these seats (the last chunk of a restore); "0": do not
 -- ARGV[2]   the run id of this Redis process, stored as the marker's value
--- ARGV[3..] pairs: seat name, booking id (each seat becomes "!" .. booking id, with no TTL)
+-- ARGV[3..] pairs: seat name, booking id (each seat becomes "!" .. booking id, with no TTL,
+--           unless it holds another booking's value: SQL was read before this call, and a
+--           seat taken since then is not overwritten)
 --
 -- Seat keys are derived from KEYS[1]'s hash tag ({f:<flight>}:<seat>, the same slot): one
 -- command with many arguments costs the client far less than one command per seat.
 --
 -- Returns (closed set):
---   n >= 0   the number of seats written
+--   n >= 0   the number of seats written (those skipped belong to another booking now)
 local rcall = redis.call
 local prefix = string.sub(KEYS[1], 1, -2)
 local written = 0
 for i = 3, #ARGV - 1, 2 do
-  rcall('SET', prefix .. ARGV[i], '!' .. ARGV[i + 1])
-  written = written + 1
+  local key = prefix .. ARGV[i]
+  local value = rcall('GET', key)
+  local booked = '!' .. ARGV[i + 1]
+  if not value or value == ARGV[i + 1] or value == booked then
+    rcall('SET', key, booked)
+    written = written + 1
+  end
 end
 if ARGV[1] == '1' then rcall('SET', KEYS[1], ARGV[2]) end
 return written

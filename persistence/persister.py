@@ -63,6 +63,11 @@ class Persister:
                 self.subscribed.clear()
                 log.warning("persister lost its subscription: %s", exc)
                 await asyncio.sleep(RECONNECT_DELAY_S)
+            except Exception:
+                # Anything else (a SQL error in the resubscribe sweep) must not end the task.
+                self.subscribed.clear()
+                log.exception("persister failed; resubscribing")
+                await asyncio.sleep(RECONNECT_DELAY_S)
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 

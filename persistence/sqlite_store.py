@@ -453,12 +453,14 @@ class SqlStore:
             payment=payment,
         )
 
-    async def unsettled_payments(self, before_ms: int, limit: int) -> list[str]:
-        """Bookings whose payment a dead or stalled pay left open since before ``before_ms``.
+    async def unsettled_payments(
+        self, deadline_before_ms: int, touched_before_ms: int, limit: int
+    ) -> list[str]:
+        """Bookings whose payment a dead or stalled pay left open.
 
-        - PAYMENT_PENDING past its hold deadline (the payment window is over);
-        - a payment still ``pending`` on a booking that is no longer PAYMENT_PENDING;
-        - a refund claimed (``refunding``) and never finished.
+        - PAYMENT_PENDING whose hold deadline is before ``deadline_before_ms``;
+        - a payment still ``pending`` on a booking that is no longer PAYMENT_PENDING, or a
+          refund claimed (``refunding``), untouched since before ``touched_before_ms``.
         """
         async with self._reader.execute(
             "SELECT id FROM bookings WHERE state = 'PAYMENT_PENDING' AND hold_expires_at < ?"
@@ -466,7 +468,7 @@ class SqlStore:
             " WHERE p.status = 'pending' AND b.state != 'PAYMENT_PENDING' AND p.updated_at < ?"
             " UNION SELECT booking_id FROM payments WHERE status = 'refunding' AND updated_at < ?"
             " LIMIT ?",
-            (before_ms, before_ms, before_ms, limit),
+            (deadline_before_ms, touched_before_ms, touched_before_ms, limit),
         ) as cur:
             return [r[0] for r in await cur.fetchall()]
 
@@ -479,6 +481,18 @@ class SqlStore:
             (*wanted, before_ms, limit),
         ) as cur:
             return [r[0] for r in await cur.fetchall()]
+
+    async def states_of(self, booking_ids: Collection[str]) -> dict[str, str]:
+        """booking id -> state, for those of ``booking_ids`` that exist."""
+        ids = list(booking_ids)
+        states: dict[str, str] = {}
+        for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            async with self._reader.execute(
+                f"SELECT id, state FROM bookings WHERE id IN ({_in(chunk)})", chunk
+            ) as cur:
+                states.update((r[0], r[1]) for r in await cur.fetchall())
+        return states
 
     async def transitions_of(self, booking_id: str) -> list[tuple[str, str, str]]:
         """The booking's history: (from, to, cause), oldest first."""
@@ -537,8 +551,9 @@ class SqlStore:
                     return ClaimResult(Claim.MISMATCH)
                 if status is not None:
                     return ClaimResult(Claim.REPLAY, status, bytes(body))
-                if holder == owner or (heartbeat is not None and heartbeat >= at - stale_ms):
+                if heartbeat is not None and heartbeat >= at - stale_ms:
                     return ClaimResult(Claim.RUNNING)
+                del holder  # a dead holder's claim is taken over below
             conn.execute(
                 "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, body,"
                 " started_at, owner) VALUES (?, ?, NULL, NULL, ?, ?)",
@@ -566,20 +581,29 @@ class SqlStore:
 
         await self._writer.submit(op)
 
-    async def complete_key(self, key: str, status: int, body: bytes) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE idempotency_keys SET status = ?, body = ? WHERE key = ?",
-                (status, body, key),
+    async def complete_key(self, key: str, owner: str, status: int, body: bytes) -> bool:
+        """Store the answer, if ``owner`` still holds the key; False if it was taken over."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE idempotency_keys SET status = ?, body = ?"
+                    " WHERE key = ? AND owner = ? AND status IS NULL",
+                    (status, body, key, owner),
+                ).rowcount
+                == 1
             )
 
-        await self._writer.submit(op)
+        return await self._writer.submit(op)
 
-    async def release_key(self, key: str) -> None:
+    async def release_key(self, key: str, owner: str) -> None:
         """Forget a key whose request failed unexpectedly, so that a retry runs again."""
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM idempotency_keys WHERE key = ? AND status IS NULL", (key,))
+            conn.execute(
+                "DELETE FROM idempotency_keys WHERE key = ? AND owner = ? AND status IS NULL",
+                (key, owner),
+            )
 
         await self._writer.submit(op)
 

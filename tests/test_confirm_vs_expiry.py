@@ -30,6 +30,7 @@ async def test_pay_at_the_deadline_is_all_or_nothing(
             # A 1 ms payment window: a charge that takes longer loses the hold it paid for.
             hold_ttl=0.05,
             payment_window=0.001,
+            gateway_timeout=1.0,
             sweep_interval=0.2,
             reconcile_grace=0.3,
         )

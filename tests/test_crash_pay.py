@@ -40,10 +40,13 @@ async def test_pay_killed_at_each_point_is_settled(
         "--data-dir", str(tmp_path),
         "--hold-ttl", "1.5",
         "--payment-window", "1",
+        "--gateway-timeout", "0.5",
         "--reconcile-grace", "0.5",
         "--sweep-interval", "0.2",
     ]  # fmt: skip
-    doomed = services(args, env={"HOLDSVC_FAULT": point})
+    # A dead process's claim on an Idempotency-Key is taken over after 3 s, not 15.
+    env = {"HOLDSVC_TAKEOVER_AFTER": "3"}
+    doomed = services(args, env={**env, "HOLDSVC_FAULT": point})
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{doomed.base}/api/flights/", json=SMALL_FLIGHT) as resp:
             flight_id = (await resp.json())["id"]
@@ -59,7 +62,7 @@ async def test_pay_killed_at_each_point_is_settled(
         doomed.stop(timeout=10)
         assert doomed.proc is not None and doomed.proc.returncode == -9
 
-        survivor = services(args)
+        survivor = services(args, env=env)
         final_state, retry_status = EXPECTED[point]
         booking = await _settled(http, survivor, bid, timeout=15)
         assert booking["state"] == final_state, booking
@@ -99,12 +102,14 @@ async def _settled(
 async def _retry_pay(
     http: aiohttp.ClientSession, node: ServiceProcess, bid: str, key: dict[str, str]
 ) -> tuple[int, dict[str, Any]]:
-    # Until the dead process's heartbeat is stale, its claim on the key reads "in progress".
+    # Until the dead process's heartbeat is stale, its claim on the key reads "in progress";
+    # while recovery has not settled the booking, the retry is told 503 "still being settled".
     deadline = time.monotonic() + 15
     while True:
         async with http.post(f"{node.base}/api/bookings/{bid}/pay/", headers=key) as resp:
             body: dict[str, Any] = await resp.json()
-            if not (resp.status == 409 and "in progress" in body.get("error", "")):
+            in_progress = resp.status == 409 and "in progress" in body.get("error", "")
+            if not in_progress and resp.status != 503:
                 return resp.status, body
         assert time.monotonic() < deadline, body
         await asyncio.sleep(0.3)

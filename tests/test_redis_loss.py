@@ -58,7 +58,13 @@ async def test_redis_sigkill_under_load(
     redis_server: EmbeddedRedis,
 ) -> None:
     client = await make_client(
-        settings.replace(hold_ttl=2.0, payment_window=2.0, sweep_interval=0.2, reconcile_grace=0.5)
+        settings.replace(
+            hold_ttl=2.0,
+            payment_window=2.0,
+            gateway_timeout=1.0,
+            sweep_interval=0.2,
+            reconcile_grace=0.5,
+        )
     )
     flight = await new_flight(client, rows=6, seat_letters="ABCDEFGHIJ")
     seats = [f"{r}{c}" for r in range(1, 7) for c in "ABCDEFGHIJ"]

@@ -1,0 +1,140 @@
+"""http_holds: POST /api/bookings/ end to end, next to a do-nothing aiohttp endpoint served the
+same way, under the same load generator (wrk, a separate process)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from holdsvc.embedded_redis import free_port
+
+HERE = Path(__file__).resolve().parent
+LETTERS = "ABCDEFGHIJKL"
+ROWS = 150
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
+            return
+        except OSError as exc:
+            if "404" in str(exc):  # the no-op server has no /healthz: it is up
+                return
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listened on {port} within {timeout}s")
+
+
+def _post(url: str, body: bytes) -> dict[str, Any]:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        import json
+
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+def wrk(port: int, seconds: int, connections: int, flights: int) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "BENCH_FLIGHTS": str(flights),
+        "BENCH_ROWS": str(ROWS),
+        "BENCH_LETTERS": LETTERS,
+    }
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
+         "-s", str(HERE / "holds.lua"), f"http://127.0.0.1:{port}/api/bookings/"],
+        env=env, capture_output=True, text=True, timeout=seconds + 30, check=True,
+    ).stdout  # fmt: skip
+    total = int(re.search(r"(\d+) requests in ([\d.]+)s", out).group(1))  # type: ignore[union-attr]
+    secs = float(re.search(r"requests in ([\d.]+)s", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M) and [
+        (p, _ms(v, u)) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M)
+    ])  # fmt: skip
+    refused = int(non2xx.group(1)) if non2xx else 0
+    return {
+        "requests": total,
+        "seconds": secs,
+        "ok_per_s": round((total - refused) / secs),
+        "requests_per_s": round(total / secs),
+        "non_2xx": refused,
+        "socket_errors": errors.group(1) if errors else None,
+        "p50_ms": lat.get("50"),
+        "p99_ms": lat.get("99"),
+    }
+
+
+def _ms(value: str, unit: str) -> float:
+    return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
+
+
+def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed (apt-get install wrk)"}
+    db = workdir / "http.sqlite3"
+    hold_port, noop_port = free_port(), free_port()
+    service = subprocess.Popen(
+        [sys.executable, "-m", "holdsvc", "serve", "--redis-url", redis_url, "--db", str(db),
+         "--data-dir", str(workdir), "--port", str(hold_port), "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    noop = subprocess.Popen(
+        [sys.executable, str(HERE / "noop_server.py"), str(noop_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_listening(hold_port, service)
+        _wait_listening(noop_port, noop)
+        flight = (
+            b'{"flight_number":"BX1","origin":"DEL","destination":"BOM",'
+            b'"departure_time":"2026-12-01T09:30:00Z","rows":150,"seat_letters":"ABCDEFGHIJKL",'
+            b'"price":"10.00","currency":"INR"}'
+        )
+        ids = [_post(f"http://127.0.0.1:{hold_port}/api/flights/", flight)["id"] for _ in range(flights)]
+        assert ids == list(range(1, flights + 1)), ids
+        noop_result = wrk(noop_port, seconds, 64, flights)
+        hold_result = wrk(hold_port, seconds, 64, flights)
+    finally:
+        for proc in (service, noop):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    with sqlite3.connect(db) as conn:
+        doubled = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM booking_seats WHERE live = 1"
+            " GROUP BY flight_id, seat HAVING count(*) > 1)"
+        ).fetchone()[0]
+        bookings = conn.execute("SELECT count(*) FROM bookings").fetchone()[0]
+    holds_per_s = hold_result["ok_per_s"]
+    noop_per_s = noop_result["ok_per_s"]
+    return {
+        "holds_per_s": holds_per_s,
+        "noop_per_s": noop_per_s,
+        "ratio_vs_noop": round(holds_per_s / noop_per_s, 3) if noop_per_s else None,
+        "p50_ms": hold_result["p50_ms"],
+        "p99_ms": hold_result["p99_ms"],
+        "noop_p99_ms": noop_result["p99_ms"],
+        "refused_per_s": round(hold_result["non_2xx"] / hold_result["seconds"]),
+        "bookings_in_sql": bookings,
+        "double_booked_seats": doubled,
+        "generator": "wrk -t2 -c64",
+        "workers": 1,
+        "hold": hold_result,
+        "noop": noop_result,
+    }
