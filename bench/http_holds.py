@@ -104,7 +104,10 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
             b'"departure_time":"2026-12-01T09:30:00Z","rows":150,"seat_letters":"ABCDEFGHIJKL",'
             b'"price":"10.00","currency":"INR"}'
         )
-        ids = [_post(f"http://127.0.0.1:{hold_port}/api/flights/", flight)["id"] for _ in range(flights)]
+        ids = [
+            _post(f"http://127.0.0.1:{hold_port}/api/flights/", flight)["id"]
+            for _ in range(flights)
+        ]
         assert ids == list(range(1, flights + 1)), ids
         noop_result = wrk(noop_port, seconds, 64, flights)
         hold_result = wrk(hold_port, seconds, 64, flights)

@@ -166,6 +166,17 @@ async def restore_time(base: Settings, booked: int, redis_url: str) -> dict[str,
     }
 
 
+def expiry_only(redis_url: str, workdir: str, live: int, short: int) -> dict[str, Any]:
+    """The harness's expiry scenario, in a worker process."""
+    base = Settings(
+        redis_url=redis_url,
+        data_dir=Path(workdir),
+        db=Path(workdir) / "expiry.sqlite3",
+        log_level="WARNING",
+    )
+    return asyncio.run(expiry_lag(base, live, short))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--live", type=int, default=100_000)

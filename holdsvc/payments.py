@@ -52,12 +52,17 @@ class MockGateway:
         self._conn = sqlite3.connect(ledger, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        # NORMAL: the ledger survives a killed process, which is what the crash tests need;
+        # FULL would make every charge wait for an fsync under one lock, a bottleneck no real
+        # provider has.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._conn.close()
+        # Under the lock: a call abandoned by its caller (a timeout) may still be running.
+        with self._lock:
+            self._conn.close()
 
     async def charge(self, reference: str, amount: str, currency: str, method: str) -> Charge:
         """Charge once per reference; a repeated call answers with the first charge."""

@@ -8,10 +8,11 @@ and the store applies it under the single writer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
@@ -220,6 +221,19 @@ def _change_payment(
         raise PaymentChanged(booking_id, row[0] if row else None)
 
 
+class _Rows:
+    """Rows already fetched, read like a cursor."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    async def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    async def fetchall(self) -> list[Any]:
+        return self._rows
+
+
 class SqlStore:
     def __init__(self, path: Path, writer: GroupCommitWriter, reader: aiosqlite.Connection):
         self.path = path
@@ -255,8 +269,18 @@ class SqlStore:
     def writer_stats(self) -> WriterStats:
         return self._writer.stats
 
+    @contextlib.asynccontextmanager
+    async def _query(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[_Rows]:
+        """Run one query and fetch it whole, in one thread hop.
+
+        A cursor left open across awaits keeps the reader's snapshot open, and concurrent
+        requests could keep it open for good: commits made since would stay invisible (a
+        booking just held answered "not found").
+        """
+        yield _Rows(list(await self._reader.execute_fetchall(sql, params)))
+
     async def ping(self) -> bool:
-        async with self._reader.execute("SELECT 1") as cur:
+        async with self._query("SELECT 1") as cur:
             return (await cur.fetchone()) is not None
 
     async def pragmas(self) -> dict[str, object]:
@@ -299,18 +323,18 @@ class SqlStore:
         return FlightRecord(id=flight_id, created_at=at, **_fields(flight))
 
     async def get_flight(self, flight_id: int) -> FlightRecord | None:
-        async with self._reader.execute(
+        async with self._query(
             f"SELECT {_FLIGHT_COLUMNS} FROM flights WHERE id = ?", (flight_id,)
         ) as cur:
             row = await cur.fetchone()
         return FlightRecord(*row) if row else None
 
     async def list_flights(self) -> list[FlightRecord]:
-        async with self._reader.execute(f"SELECT {_FLIGHT_COLUMNS} FROM flights ORDER BY id") as c:
+        async with self._query(f"SELECT {_FLIGHT_COLUMNS} FROM flights ORDER BY id") as c:
             return [FlightRecord(*row) for row in await c.fetchall()]
 
     async def find_flight(self, flight_number: str, departure_time: str) -> FlightRecord | None:
-        async with self._reader.execute(
+        async with self._query(
             f"SELECT {_FLIGHT_COLUMNS} FROM flights WHERE flight_number = ? AND departure_time = ?"
             " ORDER BY id LIMIT 1",
             (flight_number, departure_time),
@@ -426,7 +450,7 @@ class SqlStore:
         return await self._writer.submit(op)
 
     async def get_booking(self, booking_id: str) -> BookingRecord | None:
-        async with self._reader.execute(
+        async with self._query(
             f"SELECT {_BOOKING_COLUMNS} FROM bookings b"
             " LEFT JOIN payments p ON p.booking_id = b.id WHERE b.id = ?",
             (booking_id,),
@@ -434,7 +458,7 @@ class SqlStore:
             row = await cur.fetchone()
         if row is None:
             return None
-        async with self._reader.execute(
+        async with self._query(
             "SELECT seat FROM booking_seats WHERE booking_id = ? ORDER BY pos", (booking_id,)
         ) as cur:
             seats = [r[0] for r in await cur.fetchall()]
@@ -462,7 +486,7 @@ class SqlStore:
         - a payment still ``pending`` on a booking that is no longer PAYMENT_PENDING, or a
           refund claimed (``refunding``), untouched since before ``touched_before_ms``.
         """
-        async with self._reader.execute(
+        async with self._query(
             "SELECT id FROM bookings WHERE state = 'PAYMENT_PENDING' AND hold_expires_at < ?"
             " UNION SELECT p.booking_id FROM payments p JOIN bookings b ON b.id = p.booking_id"
             " WHERE p.status = 'pending' AND b.state != 'PAYMENT_PENDING' AND p.updated_at < ?"
@@ -475,7 +499,7 @@ class SqlStore:
     async def overdue(self, states: Collection[str], before_ms: int, limit: int) -> list[str]:
         """Ids of bookings in ``states`` whose hold deadline is before ``before_ms``."""
         wanted = list(states)
-        async with self._reader.execute(
+        async with self._query(
             f"SELECT id FROM bookings WHERE state IN ({_in(wanted)}) AND hold_expires_at < ?"
             " ORDER BY hold_expires_at LIMIT ?",
             (*wanted, before_ms, limit),
@@ -488,7 +512,7 @@ class SqlStore:
         states: dict[str, str] = {}
         for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
             chunk = ids[start : start + 500]
-            async with self._reader.execute(
+            async with self._query(
                 f"SELECT id, state FROM bookings WHERE id IN ({_in(chunk)})", chunk
             ) as cur:
                 states.update((r[0], r[1]) for r in await cur.fetchall())
@@ -496,7 +520,7 @@ class SqlStore:
 
     async def transitions_of(self, booking_id: str) -> list[tuple[str, str, str]]:
         """The booking's history: (from, to, cause), oldest first."""
-        async with self._reader.execute(
+        async with self._query(
             "SELECT from_state, to_state, cause FROM transitions WHERE booking_id = ? ORDER BY id",
             (booking_id,),
         ) as cur:
@@ -505,7 +529,7 @@ class SqlStore:
     async def live_bookings(self, flight_id: int) -> list[tuple[str, str, list[str]]]:
         """(booking id, state, seats) of every booking that holds or owns seats of a flight."""
         bookings: dict[str, tuple[str, list[str]]] = {}
-        async with self._reader.execute(
+        async with self._query(
             "SELECT bs.booking_id, b.state, bs.seat FROM booking_seats bs"
             " JOIN bookings b ON b.id = bs.booking_id"
             " WHERE bs.flight_id = ? AND bs.live = 1 ORDER BY bs.booking_id, bs.pos",
@@ -518,7 +542,7 @@ class SqlStore:
 
     async def live_seats(self, flight_id: int) -> list[tuple[str, str, str]]:
         """(seat, booking id, state) of every live seat row of a flight."""
-        async with self._reader.execute(
+        async with self._query(
             "SELECT bs.seat, bs.booking_id, b.state FROM booking_seats bs"
             " JOIN bookings b ON b.id = bs.booking_id"
             " WHERE bs.flight_id = ? AND bs.live = 1 ORDER BY bs.seat",

@@ -1,0 +1,239 @@
+"""The benchmark harness: holdsvc next to its peers, side by side in one run.
+
+    python -m bench            the full suite
+    python -m bench --quick    a reduced one (under 2 minutes here)
+
+Starts its own Redis (free port) and SQLite files; PostgreSQL at --pg-dsn (skipped, with the
+reason, when unreachable). Load runs in worker processes, never in the harness's event loop.
+Writes bench/results/latest.json; exits 1 if any invariant was violated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import http_holds, lifecycle, peers, recovery, store
+from bench.common import in_worker
+from holdsvc.embedded_redis import EmbeddedRedis, find_binary
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+TARGETS: dict[str, tuple[str, str, float]] = {
+    # scenario.metric: (comparison, label, bound)
+    "store_holds.ratio_vs_raw": (">=", "ratio_vs_raw", 0.5),
+    "peers.ratio_vs_postgres": (">=", "x postgres", 5.0),
+    "peers.ratio_vs_sqlite": (">=", "x sqlite", 5.0),
+    "http_holds.ratio_vs_noop": (">=", "ratio_vs_noop", 0.6),
+    "lifecycle.confirms_per_s": (">=", "confirms/s", 2000),
+    "expiry.lag_p99_ms": ("<=", "lag p99 ms", 1000),
+    "expiry.lag_max_ms": ("<=", "lag max ms", 2000),
+    "expiry.stuck": ("<=", "stuck", 0),
+    "memory.bytes_per_held_seat": ("<=", "bytes/seat", 200),
+}
+
+
+def pg_reachable(dsn: str) -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    try:
+        import asyncpg
+    except ImportError:
+        return "asyncpg is not installed (pip install -e '.[bench]')"
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"{dsn}: {exc}"
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="reduced suite, under 2 minutes")
+    parser.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-server", default="auto", help="auto, bundled, or a path")
+    parser.add_argument("--only", nargs="*", help="run only these scenarios")
+    args = parser.parse_args()
+    q = args.quick
+    sizes = {
+        "seconds": 3.0 if q else 8.0,
+        "calls": 60_000 if q else 400_000,
+        "peer_attempts": 6_000 if q else 20_000,
+        "http_seconds": 5 if q else 10,
+        "lifecycle_calls": 4_000 if q else 40_000,
+        "live_holds": 10_000 if q else 100_000,
+        "short_holds": 300 if q else 1_000,
+        "memory_seats": 20_000 if q else 100_000,
+    }
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "command": "python -m bench" + (" --quick" if q else ""),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {_cpus()} cores, Python {platform.python_version()}",
+        "sizes": sizes,
+        "scenarios": {},
+    }
+    violations = 0
+    with tempfile.TemporaryDirectory(prefix="holdsvc-bench-") as tmp:
+        work = Path(tmp)
+        server = EmbeddedRedis(work / "redis", binary=find_binary(args.redis_server))
+        server.start()
+        report["redis_server"] = _version(server.binary)
+        try:
+            url, z = server.url, sizes
+            plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+                ("store_holds", lambda: in_worker(
+                    store.store_holds, url, z["seconds"], z["calls"], 64)),
+                ("peers", lambda: _peers(url, args.pg_dsn, work, z)),
+                ("http_holds", lambda: http_holds.http_holds(
+                    url, work, int(z["http_seconds"]), 100)),
+                ("contention", lambda: in_worker(
+                    store.contention, url, z["seconds"], z["calls"], 64)),
+                ("lifecycle", lambda: in_worker(
+                    lifecycle.lifecycle, url, str(work), z["seconds"], z["lifecycle_calls"])),
+                ("expiry", lambda: in_worker(
+                    recovery.expiry_only, url, str(work), z["live_holds"], z["short_holds"])),
+                ("memory", lambda: in_worker(store.memory, url, z["memory_seats"])),
+            ]  # fmt: skip
+            print(f"{'scenario':<12} {'result':<70} {'s':>6}", flush=True)
+            for name, run in plan:
+                if args.only and name not in args.only:
+                    continue
+                _flush(server)
+                t0 = time.monotonic()
+                print(f"{name:<12} running ...", end="\r", flush=True)
+                try:
+                    result = run()
+                except Exception as exc:  # a scenario that breaks is reported, not hidden
+                    result = {"error": f"{type(exc).__name__}: {exc}"}
+                result["seconds"] = round(time.monotonic() - t0, 1)
+                bad = _violations(name, result)
+                result["invariant_violations"] = bad
+                violations += bad
+                report["scenarios"][name] = result
+                print(
+                    f"{name:<12} {_headline(name, result):<70} {result['seconds']:>6}", flush=True
+                )
+        finally:
+            server.stop()
+    report["invariant_violations"] = violations
+    report["targets"] = _targets(report["scenarios"])
+    report["total_seconds"] = round(time.monotonic() - started, 1)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    for key, verdict in report["targets"].items():
+        print(f"  {key:<32} {verdict}")
+    print(f"\ninvariant violations: {violations}; written to {RESULTS / 'latest.json'}")
+    return 1 if violations else 0
+
+
+def _peers(redis_url: str, dsn: str, work: Path, sizes: dict[str, float]) -> dict[str, Any]:
+    n = int(sizes["peer_attempts"])
+    secs = 60.0  # bounded by count: every peer runs the same attempts
+    ours = in_worker(peers.holdsvc_peer, redis_url, secs, n)
+    result: dict[str, Any] = {
+        "attempts": n,
+        "holdsvc": ours,
+        "holdsvc_per_s": ours["attempts_per_s"],
+    }
+    why = pg_reachable(dsn)
+    if why is None:
+        pg = in_worker(peers.postgres_peer, dsn, secs, n, 8)
+        result["postgres"] = pg
+        result["postgres_per_s"] = pg["attempts_per_s"]
+        result["ratio_vs_postgres"] = round(ours["attempts_per_s"] / pg["attempts_per_s"], 2)
+    else:
+        result["postgres"] = {"skipped": why}
+        result["postgres_per_s"] = None
+    lite = in_worker(peers.sqlite_peer, str(work / "peer.sqlite3"), secs, n)
+    result["sqlite"] = lite
+    result["sqlite_per_s"] = lite["attempts_per_s"]
+    result["ratio_vs_sqlite"] = round(ours["attempts_per_s"] / lite["attempts_per_s"], 2)
+    return result
+
+
+def _violations(name: str, r: dict[str, Any]) -> int:
+    if "error" in r:
+        return 0
+    if name == "contention":
+        return int(r["double_held"])
+    if name in ("http_holds", "lifecycle"):
+        bad = int(r.get("double_booked_seats", 0))
+        if name == "lifecycle":
+            bad += abs(r["confirmed_answers"] - r["confirmed_in_sql"])
+        return bad
+    if name == "expiry":
+        return int(r["stuck"])
+    return 0
+
+
+def _targets(scenarios: dict[str, Any]) -> dict[str, str]:
+    verdicts = {}
+    for key, (op, _, bound) in TARGETS.items():
+        name, metric = key.split(".")
+        value = scenarios.get(name, {}).get(metric)
+        if value is None:
+            verdicts[key] = "not measured"
+            continue
+        ok = value >= bound if op == ">=" else value <= bound
+        verdicts[key] = f"{value} ({'meets' if ok else 'MISSES'} {op} {bound})"
+    return verdicts
+
+
+def _headline(name: str, r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"ERROR {r['error']}"[:70]
+    if "skipped" in r:
+        return f"skipped: {r['skipped']}"[:70]
+    fields = {
+        "store_holds": ("holds_per_s", "raw_per_s", "ratio_vs_raw", "hold_p99_ms"),
+        "peers": ("holdsvc_per_s", "postgres_per_s", "sqlite_per_s"),
+        "http_holds": ("holds_per_s", "noop_per_s", "ratio_vs_noop", "p99_ms"),
+        "contention": ("holds_per_s", "refusals_per_s", "double_held"),
+        "lifecycle": ("confirms_per_s", "commits_per_confirm", "p99_ms"),
+        "expiry": ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "stuck"),
+        "memory": ("bytes_per_held_seat", "held_seats"),
+    }[name]
+    return " ".join(f"{f}={r.get(f)}" for f in fields)
+
+
+def _flush(server: EmbeddedRedis) -> None:
+    import redis
+
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.flushall(asynchronous=False)
+    finally:
+        client.close()
+
+
+def _version(binary: Path) -> str:
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    shutil.which("wrk")  # http_holds reports itself skipped when wrk is missing
+    sys.exit(main())

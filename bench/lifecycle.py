@@ -1,0 +1,89 @@
+"""lifecycle: hold -> pay -> CONFIRMED per second through the booking service, SQLite with
+synchronous=FULL (group commit), and the fsyncs each confirm cost. In a worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bench.common import closed_loop
+from holdsvc import appkeys as k
+from holdsvc.app import create_app
+from holdsvc.bookings import HoldRequest, PayOutcome
+from holdsvc.settings import Settings
+from persistence.sqlite_store import NewFlight
+
+LETTERS = "ABCDEFGHIJKL"
+ROWS = 150
+
+
+def lifecycle(redis_url: str, workdir: str, seconds: float, max_calls: int) -> dict[str, Any]:
+    return asyncio.run(_lifecycle(redis_url, Path(workdir), seconds, max_calls))
+
+
+async def _lifecycle(
+    redis_url: str, workdir: Path, seconds: float, max_calls: int
+) -> dict[str, Any]:
+    settings = Settings(
+        redis_url=redis_url, data_dir=workdir, db=workdir / "lifecycle.sqlite3", log_level="WARNING"
+    )
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        per_flight = ROWS * len(LETTERS)
+        flights = []
+        for n in range(max_calls // per_flight + 1):
+            flight = await app[k.FLIGHTS].create(
+                NewFlight(
+                    f"LC{n}", "DEL", "BOM", "2026-12-01T09:30:00Z", ROWS, LETTERS, "10.00", "INR"
+                )
+            )
+            await app[k.RESTORER].restore(flight.id, "new flight")
+            flights.append(flight)
+        bookings = app[k.BOOKINGS]
+        stats = app[k.STORE].writer_stats
+        commits_before = stats.commits
+
+        errors: list[str] = []
+
+        async def book(n: int) -> str:
+            flight, slot = divmod(n, per_flight)
+            seat = flights[flight].seats[slot]
+            try:
+                held = await bookings.hold(HoldRequest(flights[flight].id, "bench", [seat], None))
+                outcome, _ = await bookings.pay(held.id, "pm_card_visa")
+            except Exception as exc:
+                errors.append(repr(exc))
+                return "error"
+            return "confirmed" if outcome is PayOutcome.CONFIRMED else "declined"
+
+        load = await closed_loop(book, 64, seconds, max_calls)
+        commits = stats.commits - commits_before
+    finally:
+        await runner.cleanup()
+    with sqlite3.connect(settings.db_path) as conn:
+        confirmed = conn.execute(
+            "SELECT count(*) FROM bookings WHERE state = 'CONFIRMED'"
+        ).fetchone()[0]
+        doubled = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM booking_seats WHERE live = 1"
+            " GROUP BY flight_id, seat HAVING count(*) > 1)"
+        ).fetchone()[0]
+    done = load.counts.get("confirmed", 0)
+    return {
+        "confirms_per_s": round(load.rate("confirmed")),
+        "confirmed_answers": done,
+        "confirmed_in_sql": confirmed,
+        "commits_per_confirm": round(commits / done, 3) if done else None,
+        "sql_writes_per_confirm": 4,  # hold, PAYMENT_PENDING, CONFIRMED (+ the payment row)
+        "double_booked_seats": doubled,
+        "synchronous": "FULL",
+        "errors": load.counts.get("error", 0),
+        "first_error": errors[0] if errors else None,
+        **load.summary(),
+    }
