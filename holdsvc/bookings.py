@@ -13,9 +13,11 @@ Ordering rules, and why:
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
 import sqlite3
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
@@ -54,8 +56,16 @@ ALL_STATES = frozenset(s.value for s in State)
 
 
 def new_booking_id() -> str:
-    """96 random bits: unguessable, and short because it is every held seat's Redis value."""
-    return secrets.token_urlsafe(12)
+    """48 bits of milliseconds, then 72 random bits: 20 characters.
+
+    The random part makes it unguessable; the time prefix makes SQL's primary-key inserts
+    land at the end of their B-trees instead of at random pages. With purely random ids each
+    group commit dirtied (and fsync'd) a page per booking in every booking index, and the
+    SQL writer, not Redis or HTTP, limited the hold rate. Short, because it is every held
+    seat's value in Redis.
+    """
+    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + secrets.token_bytes(9)
+    return base64.urlsafe_b64encode(raw).decode()
 
 
 class PayOutcome(Enum):

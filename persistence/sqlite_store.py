@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from persistence.writer import GroupCommitWriter, WriterStats, connect
+from persistence.writer import BatchOp, GroupCommitWriter, WriterStats, connect
 
 
 def now_ms() -> int:
@@ -221,6 +221,66 @@ def _change_payment(
         raise PaymentChanged(booking_id, row[0] if row else None)
 
 
+class _InsertHold(BatchOp):
+    """One hold's rows; holds queued together are written with one ``executemany`` a table."""
+
+    def __init__(self, booking: NewBooking, supersede: Move, at: int) -> None:
+        self.booking = booking
+        self.supersede = supersede
+        self.at = at
+
+    def _rows(self) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[Any, ...]]:
+        b = self.booking
+        booking = (
+            b.id, b.flight_id, b.user_id, b.state, b.amount, b.currency,
+            b.hold_expires_at, b.created_at, self.at,
+        )  # fmt: skip
+        seats = [(b.id, i, b.flight_id, s) for i, s in enumerate(b.seats)]
+        return booking, seats, (b.id, b.state, self.at)
+
+    @classmethod
+    def run_batch(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[Any]:
+        # Any seat conflict (a stale holder to supersede) raises here, and every op is then
+        # run alone by __call__, which deals with it.
+        rows = [op._rows() for op in ops]
+        conn.executemany(_INSERT_BOOKING, [r[0] for r in rows])
+        conn.executemany(_INSERT_SEAT, [seat for r in rows for seat in r[1]])
+        conn.executemany(_INSERT_HOLD_TRANSITION, [r[2] for r in rows])
+        return [[] for _ in ops]
+
+    def __call__(self, conn: sqlite3.Connection) -> list[str]:
+        b, supersede = self.booking, self.supersede
+        owners = conn.execute(
+            "SELECT DISTINCT bs.booking_id, b.state FROM booking_seats bs"
+            " JOIN bookings b ON b.id = bs.booking_id"
+            f" WHERE bs.flight_id = ? AND bs.live = 1 AND bs.seat IN ({_in(b.seats)})",
+            (b.flight_id, *b.seats),
+        ).fetchall()
+        blocking = {bid: state for bid, state in owners if state not in supersede.sources}
+        if blocking:
+            raise SeatOwnedInSql(blocking)
+        for bid, _ in owners:
+            _move(conn, bid, supersede, self.at)
+        booking, seats, transition = self._rows()
+        conn.execute(_INSERT_BOOKING, booking)
+        conn.executemany(_INSERT_SEAT, seats)
+        conn.execute(_INSERT_HOLD_TRANSITION, transition)
+        return [bid for bid, _ in owners]
+
+
+_INSERT_BOOKING = (
+    "INSERT INTO bookings (id, flight_id, user_id, state, amount, currency, hold_expires_at,"
+    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SEAT = (
+    "INSERT INTO booking_seats (booking_id, pos, flight_id, seat, live) VALUES (?, ?, ?, ?, 1)"
+)
+_INSERT_HOLD_TRANSITION = (
+    "INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
+    " VALUES (?, 'INITIATED', ?, 'hold', ?)"
+)
+
+
 class _Rows:
     """Rows already fetched, read like a cursor."""
 
@@ -352,49 +412,7 @@ class SqlStore:
         transaction. Returns the ids so moved. A seat owned for good raises
         :class:`SeatOwnedInSql` and nothing is written.
         """
-        at = now_ms()
-
-        def op(conn: sqlite3.Connection) -> list[str]:
-            seats = booking.seats
-            owners = conn.execute(
-                "SELECT DISTINCT bs.booking_id, b.state FROM booking_seats bs"
-                " JOIN bookings b ON b.id = bs.booking_id"
-                f" WHERE bs.flight_id = ? AND bs.live = 1 AND bs.seat IN ({_in(seats)})",
-                (booking.flight_id, *seats),
-            ).fetchall()
-            blocking = {bid: state for bid, state in owners if state not in supersede.sources}
-            if blocking:
-                raise SeatOwnedInSql(blocking)
-            for bid, _ in owners:
-                _move(conn, bid, supersede, at)
-            conn.execute(
-                "INSERT INTO bookings (id, flight_id, user_id, state, amount, currency,"
-                " hold_expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    booking.id,
-                    booking.flight_id,
-                    booking.user_id,
-                    booking.state,
-                    booking.amount,
-                    booking.currency,
-                    booking.hold_expires_at,
-                    booking.created_at,
-                    at,
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO booking_seats (booking_id, pos, flight_id, seat, live)"
-                " VALUES (?, ?, ?, ?, 1)",
-                [(booking.id, i, booking.flight_id, s) for i, s in enumerate(seats)],
-            )
-            conn.execute(
-                "INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
-                " VALUES (?, 'INITIATED', ?, 'hold', ?)",
-                (booking.id, booking.state, at),
-            )
-            return [bid for bid, _ in owners]
-
-        return await self._writer.submit(op)
+        return await self._writer.submit(_InsertHold(booking, supersede, now_ms()))
 
     async def transition(
         self,
