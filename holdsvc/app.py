@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # Enough connections for every request the event loop can have in flight against Redis;
 # a request past that waits for one instead of failing.
 REDIS_POOL_SIZE = 64
+EMBEDDED_URL_FILE = "redis.url"
 
 
 class StartupError(RuntimeError):
@@ -78,9 +79,13 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
     server = EmbeddedRedis(settings.data_dir / "redis", binary=find_binary(settings.redis_server))
     await asyncio.to_thread(server.start)
     app[k.REDIS_URL] = server.url
+    # The admin commands (holdsvc status, audit, ...) find this Redis through this file.
+    url_file = settings.data_dir / EMBEDDED_URL_FILE
+    url_file.write_text(server.url + "\n")
     try:
         yield
     finally:
+        url_file.unlink(missing_ok=True)
         await asyncio.to_thread(server.stop)
 
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from holdsvc import admin
 from holdsvc import appkeys as k
 from holdsvc.app import StartupError, create_app
 from holdsvc.embedded_redis import EmbeddedRedisError
@@ -43,9 +44,11 @@ DEMO_FLIGHT = NewFlight(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    command, settings = Settings.from_env_and_argv(argv)
+    command, settings, args = Settings.from_env_and_argv(argv)
+    quiet = command not in ("serve", "persister") and getattr(args, "log_level", None) is None
     logging.basicConfig(
-        level=settings.log_level.upper(),
+        # Admin commands print their own lines; the service's INFO logs would only be noise.
+        level="WARNING" if quiet else settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -54,9 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif command == "persister":
             asyncio.run(persist(settings))
         else:
-            raise AssertionError(f"unhandled command {command}")
+            return admin.run(command, settings, args)
     except STARTUP_ERRORS as exc:
-        print(f"holdsvc: cannot start: {exc}", file=sys.stderr)
+        what = "cannot start" if command in ("serve", "persister") else f"{command} failed"
+        print(f"holdsvc: {what}: {exc}", file=sys.stderr)
         return 1
     return 0
 

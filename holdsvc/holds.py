@@ -241,6 +241,20 @@ class HoldStore:
         info = await self.redis.info("server")
         return str(info.get("run_id", ""))
 
+    async def seat_values(self, flight_id: int, seats: list[str]) -> list[bytes | None]:
+        """The raw value of each seat key: None (free), a booking id (held), "!" + id (booked)."""
+        values: list[bytes | None] = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
+        return values
+
+    async def live_holds(self, flight_ids: list[int]) -> int:
+        """How many holds the deadline indexes of these flights count, in one round trip."""
+        if not flight_ids:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for flight_id in flight_ids:
+                pipe.zcard(keys.deadlines(flight_id))
+            return sum(await pipe.execute())
+
     async def seat_statuses(self, flight_id: int, seats: list[str]) -> list[SeatStatus]:
         values = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
         return [_status(v) for v in values]

@@ -88,8 +88,9 @@ class Settings:
     @classmethod
     def from_env_and_argv(
         cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
-    ) -> tuple[str, Settings]:
-        """Parse ``holdsvc <command> [flags]``; returns the command and the settings."""
+    ) -> tuple[str, Settings, argparse.Namespace]:
+        """Parse ``holdsvc <command> [flags]``: the command, the settings, and the command's
+        own arguments (those of ``flights create``, say)."""
         parser = build_parser()
         args = parser.parse_args(argv)
         values = _from_env(os.environ if env is None else env, parser)
@@ -102,7 +103,8 @@ class Settings:
             settings.validate()
         except ValueError as exc:
             parser.error(str(exc))
-        return args.command, settings
+        command = args.command + (f" {args.action}" if getattr(args, "action", None) else "")
+        return command, settings, args
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
@@ -203,6 +205,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="consume expiry events and sweep lapsed holds, without serving HTTP",
     )
     _common(persister)
+    status = sub.add_parser("status", help="bookings per state, live holds, Redis and SQL health")
+    _common(status)
+    audit = sub.add_parser(
+        "audit",
+        help="compare booked and held seats in Redis with SQL; exit 1 on any difference",
+    )
+    _common(audit)
+    flights = sub.add_parser("flights", help="create or list flights")
+    actions = flights.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a flight")
+    _common(create)
+    create.add_argument("--flight-number", required=True, help="e.g. AI101")
+    create.add_argument("--origin", required=True, help="IATA code, e.g. DEL")
+    create.add_argument("--destination", required=True, help="IATA code, e.g. BOM")
+    create.add_argument(
+        "--departure-time", required=True, help="ISO 8601 with a zone, e.g. 2026-12-01T09:30:00Z"
+    )
+    create.add_argument("--rows", type=int, required=True)
+    create.add_argument("--seat-letters", required=True, help="e.g. ABCDEF")
+    create.add_argument("--price", required=True, help='a decimal string, e.g. "4999.00"')
+    create.add_argument("--currency", required=True, help="e.g. INR")
+    listing = actions.add_parser("list", help="list flights with their free seats")
+    _common(listing)
     return parser
 
 

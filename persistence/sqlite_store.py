@@ -524,6 +524,10 @@ class SqlStore:
         ) as cur:
             return [r[0] for r in await cur.fetchall()]
 
+    async def count_by_state(self) -> dict[str, int]:
+        async with self._query("SELECT state, count(*) FROM bookings GROUP BY state") as cur:
+            return {r[0]: r[1] for r in await cur.fetchall()}
+
     async def states_of(self, booking_ids: Collection[str]) -> dict[str, str]:
         """booking id -> state, for those of ``booking_ids`` that exist."""
         ids = list(booking_ids)

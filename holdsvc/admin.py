@@ -1,0 +1,184 @@
+"""Admin commands on the same settings as the service: status, audit, flights.
+
+They talk to the service's Redis and SQLite directly (a running ``holdsvc serve`` with an
+embedded Redis leaves its URL in ``<data-dir>/redis.url``). Each prints plain lines; a failure
+is one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+
+from holdsvc import requests
+from holdsvc.app import EMBEDDED_URL_FILE
+from holdsvc.errors import DomainError
+from holdsvc.flights import Flights
+from holdsvc.holds import HoldStore, connect_hold_store
+from holdsvc.restore import Restorer
+from holdsvc.settings import Settings
+from holdsvc.states import State
+from persistence.sqlite_store import SqlStore
+
+_HOLDING = {State.SEAT_HELD.value, State.PAYMENT_PENDING.value}
+# A difference seen twice this far apart is real; once, it may be a hold between its Redis
+# step and its SQL commit.
+RECHECK_AFTER_S = 1.0
+
+
+class AdminError(Exception):
+    """Reported as one line, exit 1."""
+
+
+@dataclass
+class _Handles:
+    store: SqlStore
+    holds: HoldStore
+    flights: Flights
+
+
+def redis_url(settings: Settings) -> str:
+    if settings.redis_url is not None:
+        return settings.redis_url
+    url_file = settings.data_dir / EMBEDDED_URL_FILE
+    try:
+        return url_file.read_text().strip()
+    except OSError:
+        raise AdminError(
+            f"no running holdsvc with an embedded Redis in {settings.data_dir}"
+            " (start `holdsvc serve`, or give --redis-url)"
+        ) from None
+
+
+@contextlib.asynccontextmanager
+async def _open(settings: Settings, *, create: bool = False) -> AsyncIterator[_Handles]:
+    if not create and not settings.db_path.exists():
+        raise AdminError(f"no database at {settings.db_path} (give --db or --data-dir)")
+    store = await SqlStore.open(settings.db_path)
+    try:
+        holds = await connect_hold_store(redis_url(settings), pool_size=4)
+        try:
+            yield _Handles(store, holds, Flights(store))
+        finally:
+            await holds.close()
+    finally:
+        await store.close()
+
+
+async def status(settings: Settings) -> int:
+    async with _open(settings) as h:
+        counts = await h.store.count_by_state()
+        flights = await h.flights.all()
+        live = await h.holds.live_holds([f.id for f in flights])
+        info = await h.holds.redis.info("server")
+        print(f"redis        ok ({info.get('redis_version', '?')}, {redis_url(settings)})")
+        print(f"sql          ok ({settings.db_path})")
+        print(f"flights      {len(flights)}")
+        print(f"live holds   {live}")
+        for state in State:
+            print(f"{state.value:<16} {counts.get(state.value, 0)}")
+    return 0
+
+
+async def audit(settings: Settings) -> int:
+    """Print every seat on which Redis and SQL disagree; 1 if there is any."""
+    async with _open(settings) as h:
+        flights = await h.flights.all()
+        found = {f.id: await _differences(h, f.id) for f in flights}
+        if any(found.values()):
+            await asyncio.sleep(RECHECK_AFTER_S)
+            again = {f: await _differences(h, f) for f in found if found[f]}
+            found = {f: sorted(set(found[f]) & set(again[f])) for f in again}
+        total = 0
+        for flight_id, lines in found.items():
+            for line in lines:
+                print(f"flight {flight_id} {line}")
+                total += 1
+        print(f"{total} differences in {len(flights)} flights")
+    return 1 if total else 0
+
+
+async def _differences(h: _Handles, flight_id: int) -> list[str]:
+    flight = await h.flights.get(flight_id)
+    values = await h.holds.seat_values(flight_id, flight.seats)
+    owner: dict[str, tuple[str, str]] = {}
+    for bid, state, seats in await h.store.live_bookings(flight_id):
+        for seat in seats:
+            owner[seat] = (bid, state)
+    out = []
+    for seat, raw in zip(flight.seats, values, strict=True):
+        sql = owner.get(seat)
+        sql_text = f"SQL {sql[1]} {sql[0]}" if sql else "SQL free"
+        if raw is None:
+            if sql is not None:
+                out.append(f"seat {seat}: Redis free, {sql_text}")
+            continue
+        value = raw.decode()
+        booked = value.startswith("!")
+        bid = value[1:] if booked else value
+        if booked and sql != (bid, State.CONFIRMED.value):
+            out.append(f"seat {seat}: Redis booked by {bid}, {sql_text}")
+        elif not booked and (sql is None or sql[0] != bid or sql[1] not in _HOLDING):
+            out.append(f"seat {seat}: Redis held by {bid}, {sql_text}")
+    return out
+
+
+async def flights_create(settings: Settings, args: argparse.Namespace) -> int:
+    body = orjson.dumps(
+        {
+            "flight_number": args.flight_number,
+            "origin": args.origin,
+            "destination": args.destination,
+            "departure_time": args.departure_time,
+            "rows": args.rows,
+            "seat_letters": args.seat_letters,
+            "price": args.price,
+            "currency": args.currency,
+        }
+    )
+    try:
+        new = requests.flight_from(requests.decode(body, "application/json", requests.FlightIn))
+    except DomainError as exc:
+        raise AdminError(exc.message) from exc
+    async with _open(settings, create=True) as h:
+        flight = await h.flights.create(new)
+        await Restorer(h.holds, h.store, h.flights).restore(flight.id, "new flight")
+        print(
+            f"flight {flight.id} {new.flight_number} {new.origin}-{new.destination}"
+            f" {new.departure_time}: {len(flight.seats)} seats at {new.price} {new.currency}"
+        )
+    return 0
+
+
+async def flights_list(settings: Settings) -> int:
+    async with _open(settings) as h:
+        flights = await h.flights.all()
+        free = await h.holds.free_counts([(f.id, f.seats) for f in flights])
+        for f, n in zip(flights, free, strict=True):
+            r = f.record
+            print(
+                f"{r.id:>5} {r.flight_number:<8} {r.origin}-{r.destination} {r.departure_time}"
+                f"  {n}/{len(f.seats)} free  {r.price} {r.currency}"
+            )
+        print(f"{len(flights)} flights")
+    return 0
+
+
+def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
+    commands = {
+        "status": lambda: status(settings),
+        "audit": lambda: audit(settings),
+        "flights create": lambda: flights_create(settings, args),
+        "flights list": lambda: flights_list(settings),
+    }
+    try:
+        return asyncio.run(commands[command]())
+    except AdminError as exc:
+        print(f"holdsvc {command}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,84 @@
+"""The admin CLI against a real service's Redis and SQLite: status, audit, flights."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+from redis.asyncio import Redis
+
+from holdsvc.embedded_redis import EmbeddedRedis
+from tests.conftest import ServiceProcess
+
+
+def admin(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "holdsvc", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+async def test_flights_status_and_audit(
+    tmp_path: Path,
+    redis_server: EmbeddedRedis,
+    redis: Redis,
+    services: Callable[..., ServiceProcess],
+) -> None:
+    where = ["--redis-url", redis_server.url, "--db", str(tmp_path / "db.sqlite3")]
+    created = admin(
+        "flights", "create", *where, "--flight-number", "AI202", "--origin", "BOM",
+        "--destination", "DEL", "--departure-time", "2026-12-02T10:00:00Z", "--rows", "20",
+        "--seat-letters", "ABCD", "--price", "100", "--currency", "INR",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith("flight 1 AI202 BOM-DEL") and "80 seats" in created.stdout
+
+    bad = admin(
+        "flights", "create", *where, "--flight-number", "AI202", "--origin", "BOM",
+        "--destination", "DEL", "--departure-time", "2026-12-02T10:00:00Z", "--rows", "20",
+        "--seat-letters", "ABCD", "--price", "1.005", "--currency", "INR",
+    )  # fmt: skip
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("holdsvc flights create: price") and "Traceback" not in bad.stderr
+
+    node = services(where)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{node.base}/api/bookings/",
+            json={"flight_id": 1, "user_id": "u1", "seats": ["1A", "1B"]},
+        ) as resp:
+            assert resp.status == 201
+
+    listed = admin("flights", "list", *where)
+    assert listed.returncode == 0
+    assert "78/80 free" in listed.stdout
+
+    status = admin("status", *where)
+    assert status.returncode == 0, status.stderr
+    assert "live holds   1" in status.stdout
+    assert "SEAT_HELD        1" in status.stdout
+
+    clean = admin("audit", *where)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout.strip().endswith("0 differences in 1 flights")
+
+    # A seat booked in Redis for a booking SQL never heard of: reported, exit 1.
+    await redis.set("{f:1}:7C", "!ghost")
+    dirty = admin("audit", *where)
+    assert dirty.returncode == 1
+    assert "flight 1 seat 7C: Redis booked by ghost, SQL free" in dirty.stdout
+
+
+def test_admin_errors_are_one_line(tmp_path: Path) -> None:
+    missing = admin("status", "--data-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1
+    assert missing.stderr.strip().count("\n") == 0
+    assert "no database at" in missing.stderr
+    assert admin("audit", "--help").returncode == 0
+    assert admin("flights", "--help").returncode == 0
