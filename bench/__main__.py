@@ -101,7 +101,7 @@ def main() -> int:
                     store.store_holds, url, z["seconds"], z["calls"], 64)),
                 ("peers", lambda: _peers(url, args.pg_dsn, work, z)),
                 ("http_holds", lambda: http_holds.http_holds(
-                    url, work, int(z["http_seconds"]), 100)),
+                    url, work, int(z["http_seconds"]), 1000)),
                 ("contention", lambda: in_worker(
                     store.contention, url, z["seconds"], z["calls"], 64)),
                 ("lifecycle", lambda: in_worker(
