@@ -170,6 +170,7 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await bookings.close()
         gateway.close()
 
 

@@ -53,6 +53,9 @@ from persistence.writer import WriterClosed
 log = logging.getLogger(__name__)
 
 ALL_STATES = frozenset(s.value for s in State)
+# Attempts, 1 s apart doubling to 30 s, to take back a hold whose Redis reply was lost; past
+# them the hold's own TTL frees the seats.
+COMPENSATE_TRIES = 8
 
 
 def new_booking_id() -> str:
@@ -105,6 +108,7 @@ class Bookings:
         self._flights = flights
         self._gateway = gateway
         self._restorer = restorer
+        self._background: set[asyncio.Task[None]] = set()
 
     async def get(self, booking_id: str) -> BookingRecord:
         booking = await self._store.get_booking(booking_id)
@@ -119,7 +123,13 @@ class Bookings:
             if unknown:
                 raise ValidationError("Unknown seats for this flight", seats=unknown)
         booking_id = new_booking_id()
-        result = await self._grant(flight, req, booking_id)
+        try:
+            result = await self._grant(flight, req, booking_id)
+        except RedisError:
+            # Outcome unknown: the script may still run once Redis answers again. Take back
+            # whatever it held, so a failed request never leaves seats held for nobody.
+            self._compensate(flight, booking_id)
+            raise
         if isinstance(result, NotRestored):
             # Redis lost the flight's data: restore it from SQL here, unless another request
             # of this process already is; no seat is held before that is done.
@@ -169,6 +179,31 @@ class Bookings:
             updated_at=new.created_at,
             payment=None,
         )
+
+    async def close(self) -> None:
+        """Stop background compensations (the hold's TTL frees what they did not)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _compensate(self, flight: Flight, booking_id: str) -> None:
+        task = asyncio.create_task(self._release_unknown(flight, booking_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _release_unknown(self, flight: Flight, booking_id: str) -> None:
+        for attempt in range(COMPENSATE_TRIES):
+            await asyncio.sleep(min(2**attempt, 30))
+            try:
+                # Every seat of the flight: a best-seat hold's seats are not known here.
+                freed = await self._holds.release(flight.id, flight.seats, booking_id)
+            except RedisError:
+                continue
+            if freed:
+                log.warning(
+                    "hold %s: freed %d seats of a hold whose answer was lost", booking_id, freed
+                )
+            return
 
     async def _grant(
         self, flight: Flight, req: HoldRequest, booking_id: str

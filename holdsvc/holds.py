@@ -197,7 +197,7 @@ class HoldStore:
             reply = await self._eval(
                 self._s.restore_seats,
                 [keys.marker(flight_id)],
-                ["1" if last else "0", run_id, *pairs],
+                ["1" if last else "0", run_id or "", *pairs],
             )
             if not (isinstance(reply, int) and 0 <= reply <= len(part)):
                 raise UnknownScriptReply("restore_seats", reply)

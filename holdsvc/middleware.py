@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import secrets
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -55,7 +56,9 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     ).digest()
     settings = request.app[SETTINGS]
     store = request.app[STORE]
-    owner = request.app[INSTANCE_ID]
+    # This request's claim: the process (whose heartbeat says it is alive) and a token of its
+    # own, so that after a takeover only the request that holds the claim may answer into it.
+    owner = f"{request.app[INSTANCE_ID]}:{secrets.token_hex(6)}"
     claim = await store.claim_key(
         key,
         fingerprint,
@@ -93,7 +96,8 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         return response
     assert isinstance(response.body, bytes)
     try:
-        await store.complete_key(key, owner, response.status, response.body)
+        if not await store.complete_key(key, owner, response.status, response.body):
+            log.warning("Idempotency-Key %r was taken over while its request ran", key)
     except Exception:
         # The answer still goes out; the key must not stay "in progress" for good.
         log.exception("storing the answer for Idempotency-Key %r failed", key)

@@ -85,6 +85,8 @@ class PaymentRecovery:
                 return
             await self._bookings.settle_charge(booking, charge)
             return
+        if payment is None or payment.status != "pending":
+            return  # settled meanwhile (a slow pay confirmed it): nothing left to do
         # The booking ended (expired, cancelled) while its payment was still pending.
         if charge is not None and charge.captured:
             await self._bookings.refund_lost(booking, charge.payment_id, "recovery")

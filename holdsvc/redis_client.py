@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import hiredis
+from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,57 @@ REPLY_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 
 
+def _error(reply: ResponseError) -> Exception:
+    """Redis's error replies, sorted as redis-py sorts them: a Redis still loading its data is
+    unavailable (503), not a failed command."""
+    text = str(reply)
+    if text.startswith("LOADING"):
+        return BusyLoadingError(text)
+    if text.startswith("READONLY"):
+        return ReadOnlyError(text)
+    return reply
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.sent_at: collections.deque[float] = collections.deque()
+        # Commands of this loop turn, written together; per connection, so a command counted
+        # on one connection can never be written to another.
+        self.buffer: list[bytes] = []
+        self.flush_scheduled = False
         self.closed = asyncio.get_running_loop().create_future()
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        packed = hiredis.pack_command(args)  # raises before anything is queued
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.buffer.append(packed)
+        self.waiting.append(future)
+        self.sent_at.append(time.monotonic())
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        data, self.buffer = self.buffer, []
+        if self.usable:
+            assert self.transport is not None
+            self.transport.write(b"".join(data))
+
+    def fail_all(self, error: Exception) -> None:
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+        self.sent_at.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -52,17 +96,12 @@ class _Connection(asyncio.Protocol):
             if future.done():  # the caller was cancelled; the reply is dropped
                 continue
             if isinstance(reply, ResponseError):
-                future.set_exception(reply)
+                future.set_exception(_error(reply))
             else:
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        error = RedisConnectionError(f"Redis connection lost: {exc or 'closed'}")
-        while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(error)
-        self.sent_at.clear()
+        self.fail_all(RedisConnectionError(f"Redis connection lost: {exc or 'closed'}"))
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -81,39 +120,28 @@ class PipelinedRedis:
         self._password = unquote(parsed.password) if parsed.password else None
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
-        self._buffer: list[bytes] = []
-        self._flush_scheduled = False
         self._watchdog: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def execute(self, *args: Any) -> Any:
         conn = self._conn
-        if conn is None or conn.transport is None or conn.transport.is_closing():
+        if conn is None or not conn.usable:
             conn = await self._connect()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._buffer.append(hiredis.pack_command(args))
-        conn.waiting.append(future)
-        conn.sent_at.append(time.monotonic())
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush, conn)
-        return await future
-
-    def _flush(self, conn: _Connection) -> None:
-        self._flush_scheduled = False
-        data, self._buffer = self._buffer, []
-        if conn.transport is not None and not conn.transport.is_closing():
-            conn.transport.write(b"".join(data))
+        return await conn.send(args)
 
     async def _connect(self) -> _Connection:
+        if self._closed:
+            raise RedisConnectionError("the Redis client is closed")
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            conn = self._conn
-            if conn is not None and conn.transport is not None and not conn.transport.is_closing():
-                return conn
+            if self._conn is not None and self._conn.usable:
+                return self._conn
+            if self._watchdog is None or self._watchdog.done():
+                self._watchdog = asyncio.create_task(self._watch(), name="redis-reply-watchdog")
             loop = asyncio.get_running_loop()
             try:
-                _, fresh = await asyncio.wait_for(
+                _, conn = await asyncio.wait_for(
                     loop.create_connection(_Connection, self._host, self._port),
                     CONNECT_TIMEOUT_S,
                 )
@@ -121,23 +149,25 @@ class PipelinedRedis:
                 raise RedisConnectionError(
                     f"Error connecting to {self._host}:{self._port}: {exc}"
                 ) from exc
-            conn = fresh
-            # Commands queued for a dead connection must not leak onto this one.
-            self._buffer = []
-            self._flush_scheduled = False
+            # AUTH and SELECT go out before anyone else may use the connection; if they fail
+            # or time out, the connection is dropped, never published half set up.
+            try:
+                await asyncio.shield(asyncio.wait_for(self._setup(conn), CONNECT_TIMEOUT_S))
+            except BaseException:
+                if conn.transport is not None:
+                    conn.transport.abort()
+                raise
             self._conn = conn
-            setup: list[tuple[Any, ...]] = []
-            if self._password is not None:
-                auth = ("AUTH", self._username, self._password) if self._username else (
-                    "AUTH", self._password)  # fmt: skip
-                setup.append(auth)
-            if self._db:
-                setup.append(("SELECT", self._db))
-            for command in setup:
-                await self.execute(*command)
-            if self._watchdog is None or self._watchdog.done():
-                self._watchdog = asyncio.create_task(self._watch(), name="redis-reply-watchdog")
             return conn
+
+    async def _setup(self, conn: _Connection) -> None:
+        if self._password is not None:
+            if self._username:
+                await conn.send(("AUTH", self._username, self._password))
+            else:
+                await conn.send(("AUTH", self._password))
+        if self._db:
+            await conn.send(("SELECT", self._db))
 
     async def _watch(self) -> None:
         while True:
@@ -146,24 +176,22 @@ class PipelinedRedis:
             if conn is None or not conn.sent_at:
                 continue
             if time.monotonic() - conn.sent_at[0] > REPLY_TIMEOUT_S:
+                # The commands may still run once Redis wakes up: callers must treat a timeout
+                # as "outcome unknown" (a hold compensates with a release).
                 log.warning(
                     "Redis did not answer for %.0f s: dropping the connection", REPLY_TIMEOUT_S
                 )
-                error = RedisTimeoutError("Redis did not answer in time")
-                while conn.waiting:
-                    future = conn.waiting.popleft()
-                    if not future.done():
-                        future.set_exception(error)
-                conn.sent_at.clear()
+                conn.fail_all(RedisTimeoutError("Redis did not answer in time"))
                 if conn.transport is not None:
                     conn.transport.abort()
 
     async def close(self) -> None:
+        """Final: later calls raise. Does not wait for a dead Redis to take queued bytes."""
+        self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
-        conn = self._conn
-        self._conn = None
+        conn, self._conn = self._conn, None
         if conn is not None and conn.transport is not None:
-            conn.transport.close()
+            conn.transport.abort()
             await conn.closed

@@ -111,6 +111,11 @@ class Restorer:
         ]
         if missing:
             await self._holds.restore(flight_id, missing, run_id=None)
+            # A booking cancelled between the reads above and this write must not stay booked
+            # (its cancel committed in SQL first, so this re-read sees it).
+            states = await self._store.states_of({bid for _, bid in missing})
+            for bid in {bid for _, bid in missing if states.get(bid) in _ENDED}:
+                await self._holds.release(flight_id, [seat for seat, b in missing if b == bid], bid)
         fixed = sum(len(s) for s in orphans.values()) + len(missing)
         if fixed:
             log.warning(

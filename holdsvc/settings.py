@@ -32,8 +32,8 @@ class Settings:
     hold_ttl: float = 600.0
     # How long a started payment keeps the hold alive.
     payment_window: float = 120.0
-    # A gateway call slower than this is abandoned (and, for a charge, voided by recovery).
-    # Below payment_window, so no live charge is still running when recovery takes over.
+    # A gateway call slower than this is abandoned (and, for a charge, voided by recovery,
+    # which waits this long after a payment's last change before touching it).
     gateway_timeout: float = 30.0
     # A request holding an Idempotency-Key whose process has not written its heartbeat for
     # this long is taken to be dead; a retry then runs instead of answering "in progress".

@@ -591,6 +591,7 @@ class SqlStore:
     async def claim_key(
         self, key: str, fingerprint: bytes, *, owner: str, stale_ms: int, ttl_ms: int
     ) -> ClaimResult:
+        # owner is "<instance id>:<claim token>"; the instance's heartbeat says it is alive.
         """Take an idempotency key for a new request, or say what the first request left.
 
         A key still running under a process whose heartbeat stopped ``stale_ms`` ago (it
@@ -601,7 +602,8 @@ class SqlStore:
         def op(conn: sqlite3.Connection) -> ClaimResult:
             row = conn.execute(
                 "SELECT k.fingerprint, k.status, k.body, k.started_at, k.owner, i.heartbeat_at"
-                " FROM idempotency_keys k LEFT JOIN instances i ON i.id = k.owner"
+                " FROM idempotency_keys k LEFT JOIN instances i"
+                " ON i.id = substr(k.owner, 1, instr(k.owner, ':') - 1)"
                 " WHERE k.key = ?",
                 (key,),
             ).fetchone()

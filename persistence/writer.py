@@ -185,6 +185,10 @@ class GroupCommitWriter:
             conn.execute("ROLLBACK TO batch")
             conn.execute("RELEASE batch")
             return False
+        if len(values) != len(ops):  # a bug in the op; never let it stall every caller
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+            return False
         conn.execute("RELEASE batch")
         results.extend((True, v) for v in values)
         return True

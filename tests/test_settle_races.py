@@ -101,3 +101,16 @@ async def test_an_oversized_seat_list_is_refused_at_once(client: Client) -> None
     assert resp.status == 400
     assert "seats" in (await resp.json())["error"]
     assert time.monotonic() - started < 1.0
+
+
+async def test_a_confirmed_seat_missing_from_redis_is_booked_again(
+    client: Client, redis: Redis
+) -> None:
+    # A confirm lost with the last second of an AOF: SQL says CONFIRMED, Redis has nothing.
+    flight = await new_flight(client)
+    booking = await hold(client, flight["id"], ["2D"])
+    assert (await client.post(f"/api/bookings/{booking['id']}/pay/")).status == 200
+    await redis.delete(keys.seat(flight["id"], "2D"))
+    assert (await seat_map(client, flight["id"]))["2D"] == "available"
+    assert await client.app[RESTORER].reconcile_all() == 1
+    assert (await seat_map(client, flight["id"]))["2D"] == "booked"
