@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass, field
 
+import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from holdsvc import requests
+from holdsvc import requests, schemas
 from holdsvc.appkeys import (
     BOOKINGS,
     FLIGHTS,
@@ -123,20 +126,65 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One route: what serves it and what the OpenAPI document says of it."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type[msgspec.Struct] | None = None
+    body_optional: bool = False
+    # status -> (answer type, description); the error answers every route may give are added
+    # by the OpenAPI builder.
+    answers: dict[int, tuple[object, str]] = field(default_factory=dict)
+
+
+_BOOKING_ERRORS: dict[int, tuple[object, str]] = {
+    404: (schemas.Error, "Booking not found"),
+    409: (schemas.Error, "Invalid state transition from X to Y, or why the move is refused"),
+}
+
+ENDPOINTS = [
+    Endpoint("POST", "/api/flights/", create_flight, "Create a flight", FlightIn,
+             answers={201: (schemas.Flight, "The flight, all seats available")}),
+    Endpoint("GET", "/api/flights/", list_flights, "List flights with live free seats",
+             answers={200: (list[schemas.Flight], "Every flight")}),
+    Endpoint("GET", "/api/flights/{flight_id}/", get_flight, "One flight",
+             answers={200: (schemas.Flight, "The flight"),
+                      404: (schemas.Error, "Flight not found")}),
+    Endpoint("GET", "/api/flights/{flight_id}/seats/", flight_seats, "The flight's seat map",
+             answers={200: (schemas.SeatMap, "Every seat and its status"),
+                      404: (schemas.Error, "Flight not found")}),
+    Endpoint("POST", "/api/bookings/", create_booking, "Hold seats: all of them or none",
+             HoldIn,
+             answers={201: (schemas.Booking, "SEAT_HELD until hold_expires_at"),
+                      404: (schemas.Error, "Flight not found"),
+                      409: (schemas.Error, "Seats not available (the taken ones named)")}),
+    Endpoint("GET", "/api/bookings/{booking_id}/", get_booking, "One booking",
+             answers={200: (schemas.Booking, "The booking and its payment"),
+                      404: (schemas.Error, "Booking not found")}),
+    Endpoint("POST", "/api/bookings/{booking_id}/pay/", pay_booking, "Pay and confirm",
+             PayIn, body_optional=True,
+             answers={200: (schemas.BookingAction, "Payment successful: CONFIRMED"),
+                      402: (schemas.BookingAction, "Payment failed: CANCELLED, seats freed"),
+                      **_BOOKING_ERRORS}),
+    Endpoint("POST", "/api/bookings/{booking_id}/cancel/", cancel_booking,
+             "Cancel a held or confirmed booking; its seats are freed", EmptyIn,
+             body_optional=True,
+             answers={200: (schemas.BookingAction, "Booking cancelled"), **_BOOKING_ERRORS}),
+    Endpoint("POST", "/api/bookings/{booking_id}/refund/", refund_booking,
+             "Refund a cancelled booking's captured payment, once", EmptyIn, body_optional=True,
+             answers={200: (schemas.BookingAction, "Refund processed"), **_BOOKING_ERRORS}),
+    Endpoint("GET", "/healthz", healthz, "Redis and SQL both answer",
+             answers={200: (schemas.Health, "ok"), 503: (schemas.Health, "unavailable")}),
+]  # fmt: skip
+
+
 def add_routes(app: web.Application) -> None:
-    routes = [
-        ("POST", "/api/flights", create_flight),
-        ("GET", "/api/flights", list_flights),
-        ("GET", "/api/flights/{flight_id}", get_flight),
-        ("GET", "/api/flights/{flight_id}/seats", flight_seats),
-        ("POST", "/api/bookings", create_booking),
-        ("GET", "/api/bookings/{booking_id}", get_booking),
-        ("POST", "/api/bookings/{booking_id}/pay", pay_booking),
-        ("POST", "/api/bookings/{booking_id}/cancel", cancel_booking),
-        ("POST", "/api/bookings/{booking_id}/refund", refund_booking),
-    ]
-    for method, path, handler in routes:
-        # The seed systems' clients use the trailing slash; curl users often do not.
-        app.router.add_route(method, path + "/", handler)
-        app.router.add_route(method, path, handler)
-    app.router.add_get("/healthz", healthz)
+    for e in ENDPOINTS:
+        app.router.add_route(e.method, e.path, e.handler)
+        if e.path.endswith("/") and e.path != "/":
+            # The seed systems' clients use the trailing slash; curl users often do not.
+            app.router.add_route(e.method, e.path.rstrip("/"), e.handler)

@@ -23,6 +23,7 @@ from holdsvc.expiry import Expirer
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
 from holdsvc.middleware import HEARTBEAT_EVERY_S, errors_middleware, idempotency_middleware
+from holdsvc.openapi import add_docs
 from holdsvc.payments import MockGateway
 from holdsvc.recovery import PaymentRecovery
 from holdsvc.redis_client import PipelinedRedis
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> web.Application:
         ]
     )
     add_routes(app)
+    add_docs(app)
     return app
 
 

@@ -35,7 +35,8 @@ class FlightIn(msgspec.Struct, forbid_unknown_fields=True):
     departure_time: Annotated[datetime, Meta(tz=True)]
     rows: Annotated[int, Meta(ge=1, le=MAX_ROWS)]
     seat_letters: Annotated[str, Meta(pattern=r"^[A-Z]{1,12}$")]
-    price: Annotated[str, Meta(max_length=20)]
+    # A decimal string, never a float: "4999.00".
+    price: Annotated[str, Meta(pattern=r"^[0-9]{1,9}(\.[0-9]{1,2})?$")]
     currency: Code3
 
 

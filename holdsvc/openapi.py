@@ -1,0 +1,133 @@
+"""The OpenAPI 3.1 document and the docs page, built from the routes table (api.ENDPOINTS) and
+the msgspec types that decode requests and describe answers: nothing here is written twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import orjson
+from aiohttp import web
+
+from holdsvc import schemas
+from holdsvc.api import ENDPOINTS, Endpoint
+from holdsvc.middleware import IDEMPOTENCY_HEADER, REPLAYED_HEADER
+
+_REF = "#/components/schemas/{name}"
+
+# What any route may answer besides its own answers.
+_ANY_ROUTE = {503: "Redis or SQL unavailable; retry after Retry-After seconds"}
+_ANY_POST = {
+    400: "Bad input: the error names the field or problem",
+    409: "A request with this Idempotency-Key is still running",
+    413: "Body over the size limit",
+    415: "Content-Type is not application/json",
+    422: "Idempotency-Key reused with a different request",
+}
+
+
+def build_spec() -> dict[str, Any]:
+    types: list[Any] = [schemas.Error]
+    for e in ENDPOINTS:
+        if e.body is not None:
+            types.append(e.body)
+        types.extend(answer for answer, _ in e.answers.values())
+    refs, components = msgspec.json.schema_components(types, ref_template=_REF)
+    ref = {t_repr: r for t_repr, r in zip(map(repr, types), refs, strict=True)}
+    paths: dict[str, dict[str, Any]] = {}
+    for e in ENDPOINTS:
+        paths.setdefault(e.path, {})[e.method.lower()] = _operation(e, ref)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "holdsvc",
+            "version": "0.1.0",
+            "description": (
+                "Seat holds in Redis, bookings durable in SQL. Every refused move answers 409 "
+                '{"error": "Invalid state transition from X to Y"} and changes nothing.'
+            ),
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+def _operation(e: Endpoint, ref: dict[str, Any]) -> dict[str, Any]:
+    error = ref[repr(schemas.Error)]
+    responses: dict[str, Any] = {}
+    extra = {**_ANY_ROUTE, **(_ANY_POST if e.method == "POST" else {})}
+    for status, description in extra.items():
+        responses[str(status)] = _json(description, error)
+    for status, (answer, description) in e.answers.items():
+        responses[str(status)] = _json(description, ref[repr(answer)])
+    op: dict[str, Any] = {
+        "operationId": e.handler.__name__,
+        "summary": e.summary,
+        "responses": responses,
+    }
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
+        for name in ("flight_id", "booking_id")
+        if "{" + name + "}" in e.path
+    ]
+    if e.method == "POST":
+        params.append(
+            {
+                "name": IDEMPOTENCY_HEADER,
+                "in": "header",
+                "required": False,
+                "description": "Replays the first answer for the same key and body, 24 h",
+                "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+            }
+        )
+        for response in responses.values():
+            response.setdefault("headers", {})[REPLAYED_HEADER] = {
+                "description": "true when this is a replay of the first answer",
+                "schema": {"type": "string"},
+            }
+    if params:
+        op["parameters"] = params
+    if e.body is not None:
+        op["requestBody"] = {
+            "required": not e.body_optional,
+            "content": {"application/json": {"schema": ref[repr(e.body)]}},
+        }
+    return op
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _path_schema(name: str) -> dict[str, Any]:
+    if name == "flight_id":
+        return {"type": "integer", "minimum": 0}
+    return {"type": "string", "minLength": 1, "maxLength": 64}
+
+
+_DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>holdsvc API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+</body></html>
+"""
+
+
+def add_docs(app: web.Application) -> None:
+    """/openapi.json, and /docs rendering it with Swagger UI served from a Python package (no
+    CDN: the page works with no internet access)."""
+    from openapi_ui_bundles import swagger_ui
+
+    spec = orjson.dumps(build_spec())
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=spec, content_type="application/json")
+
+    async def docs(request: web.Request) -> web.Response:
+        return web.Response(text=_DOCS_PAGE, content_type="text/html")
+
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/docs", docs)
+    app.router.add_static("/docs/static", swagger_ui.static_path)
