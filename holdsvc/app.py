@@ -22,7 +22,13 @@ from holdsvc.embedded_redis import EmbeddedRedis, find_binary
 from holdsvc.expiry import Expirer
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
-from holdsvc.middleware import HEARTBEAT_EVERY_S, errors_middleware, idempotency_middleware
+from holdsvc.metrics import CONTENT_TYPE, Metrics
+from holdsvc.middleware import (
+    HEARTBEAT_EVERY_S,
+    access_middleware,
+    errors_middleware,
+    idempotency_middleware,
+)
 from holdsvc.openapi import add_docs
 from holdsvc.payments import MockGateway
 from holdsvc.recovery import PaymentRecovery
@@ -32,9 +38,10 @@ from holdsvc.scripts import load_scripts
 from holdsvc.settings import Settings
 from holdsvc.sweeper import run_sweeper, sweep_round
 from persistence.persister import Persister
-from persistence.sqlite_store import SqlStore, now_ms
+from persistence.sqlite_store import SqlStore, Transition, now_ms
 
 log = logging.getLogger(__name__)
+transition_log = logging.getLogger("holdsvc.transitions")
 
 # Enough connections for every request the event loop can have in flight against Redis;
 # a request past that waits for one instead of failing.
@@ -52,9 +59,10 @@ IDEMPOTENCY_PURGE_EVERY_S = 3600.0
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[errors_middleware, idempotency_middleware],
+        middlewares=[access_middleware, errors_middleware, idempotency_middleware],
     )
     app[k.SETTINGS] = settings
+    app[k.METRICS] = Metrics()
     app[k.INSTANCE_ID] = secrets.token_hex(8)
     app.cleanup_ctx.extend(
         [
@@ -69,7 +77,14 @@ def create_app(settings: Settings) -> web.Application:
     )
     add_routes(app)
     add_docs(app)
+    app.router.add_get("/metrics", _metrics)
     return app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[k.METRICS].render(), headers={"Content-Type": CONTENT_TYPE}
+    )
 
 
 async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
@@ -93,6 +108,27 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
 
 async def _sql(app: web.Application) -> AsyncIterator[None]:
     store = await SqlStore.open(app[k.SETTINGS].db_path)
+    metrics = app[k.METRICS]
+    store.on_commit(metrics.on_commit)
+
+    def observe(t: Transition) -> None:
+        metrics.on_transition(t)
+        if transition_log.isEnabledFor(logging.INFO):
+            transition_log.info(
+                "%s %s -> %s (%s)",
+                t.booking_id,
+                t.from_state,
+                t.to_state,
+                t.cause,
+                extra={
+                    "booking_id": t.booking_id,
+                    "from": t.from_state,
+                    "to": t.to_state,
+                    "cause": t.cause,
+                },
+            )
+
+    store.on_transition = observe
     app[k.STORE] = store
     try:
         yield
@@ -116,6 +152,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         app[k.REDIS] = redis
         holds = HoldStore(redis, scripts, PipelinedRedis(app[k.REDIS_URL]))
         app[k.HOLDS] = holds
+        app[k.METRICS].watch_redis_client(lambda: holds.connects)
         try:
             yield
         finally:
@@ -163,7 +200,7 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     settings = app[k.SETTINGS]
     gateway = MockGateway(settings.gateway_ledger_path)
     app[k.GATEWAY] = gateway
-    bookings = Bookings(settings, store, app[k.HOLDS], flights, gateway, restorer)
+    bookings = Bookings(settings, store, app[k.HOLDS], flights, gateway, restorer, app[k.METRICS])
     app[k.BOOKINGS] = bookings
     app[k.EXPIRER] = Expirer(app[k.HOLDS], store, flights)
     app[k.RECOVERY] = PaymentRecovery(

@@ -9,6 +9,7 @@ from holdsvc.bookings import Bookings
 from holdsvc.expiry import Expirer
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
+from holdsvc.metrics import Metrics
 from holdsvc.payments import MockGateway
 from holdsvc.recovery import PaymentRecovery
 from holdsvc.restore import Restorer
@@ -20,6 +21,8 @@ SETTINGS = web.AppKey("settings", Settings)
 # Names this process in SQL (idempotency key ownership, heartbeats).
 INSTANCE_ID = web.AppKey("instance_id", str)
 GATEWAY = web.AppKey("gateway", MockGateway)
+METRICS = web.AppKey("metrics", Metrics)
+REQUEST_ID = web.RequestKey("request_id", str)
 # The request's Idempotency-Key, once the middleware has claimed it.
 IDEMPOTENCY_KEY = web.RequestKey("idempotency_key", str)
 REDIS_URL = web.AppKey("redis_url", str)

@@ -35,6 +35,7 @@ from holdsvc.errors import (
 from holdsvc.faults import crash_point
 from holdsvc.flights import Flight, Flights
 from holdsvc.holds import Confirm, Held, HoldStore, NotEnough, NotRestored, Taken
+from holdsvc.metrics import Metrics
 from holdsvc.payments import Charge, MockGateway
 from holdsvc.restore import Restorer
 from holdsvc.settings import Settings
@@ -101,6 +102,7 @@ class Bookings:
         flights: Flights,
         gateway: MockGateway,
         restorer: Restorer,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -108,6 +110,7 @@ class Bookings:
         self._flights = flights
         self._gateway = gateway
         self._restorer = restorer
+        self._metrics = metrics or Metrics()
         self._background: set[asyncio.Task[None]] = set()
 
     async def get(self, booking_id: str) -> BookingRecord:
@@ -138,9 +141,10 @@ class Bookings:
             result = await self._grant(flight, req, booking_id)
         if isinstance(result, NotRestored):
             raise Unavailable("Seat data is being restored after a Redis restart; retry")
-        if isinstance(result, Taken):
-            raise SeatsNotAvailable(seats=result.seats)
-        if isinstance(result, NotEnough):
+        if isinstance(result, Taken | NotEnough):
+            self._metrics.holds.labels("refused").inc()
+            if isinstance(result, Taken):
+                raise SeatsNotAvailable(seats=result.seats)
             raise SeatsNotAvailable(requested=req.seat_count, available=result.free)
 
         new = NewBooking(
@@ -166,6 +170,7 @@ class Bookings:
             raise
         if superseded:
             log.info("hold %s superseded expired holds %s", booking_id, superseded)
+        self._metrics.holds.labels("created").inc()
         return BookingRecord(
             id=new.id,
             flight_id=new.flight_id,

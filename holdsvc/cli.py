@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from holdsvc import admin
+from holdsvc import admin, logs
 from holdsvc import appkeys as k
 from holdsvc.app import StartupError, create_app
 from holdsvc.embedded_redis import EmbeddedRedisError
@@ -46,11 +46,8 @@ DEMO_FLIGHT = NewFlight(
 def main(argv: Sequence[str] | None = None) -> int:
     command, settings, args = Settings.from_env_and_argv(argv)
     quiet = command not in ("serve", "persister") and getattr(args, "log_level", None) is None
-    logging.basicConfig(
-        # Admin commands print their own lines; the service's INFO logs would only be noise.
-        level="WARNING" if quiet else settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Admin commands print their own lines; the service's INFO logs would only be noise.
+    logs.configure("WARNING" if quiet else settings.log_level, settings.log_format)
     try:
         if command == "serve":
             serve(settings)

@@ -69,6 +69,11 @@ class HoldStore:
 
     owns_redis = False
 
+    @property
+    def connects(self) -> int:
+        """Connections the hot-path client opened: 1, plus one per reconnect."""
+        return self._fast.connects
+
     async def close(self) -> None:
         await self._fast.close()
         if self.owns_redis:

@@ -7,11 +7,14 @@ import hashlib
 import logging
 import re
 import secrets
+import time
+import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.exceptions import RedisError
 
-from holdsvc.appkeys import IDEMPOTENCY_KEY, INSTANCE_ID, SETTINGS, STORE
+from holdsvc.appkeys import IDEMPOTENCY_KEY, INSTANCE_ID, METRICS, REQUEST_ID, SETTINGS, STORE
 from holdsvc.errors import Conflict, IdempotencyMismatch, ValidationError
 from holdsvc.responses import error_response
 from persistence.sqlite_store import Claim
@@ -25,6 +28,50 @@ _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 HEARTBEAT_EVERY_S = 1.0
 
 
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+access_log = logging.getLogger("holdsvc.access")
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: the request id (taken from X-Request-ID or made), one log line and one
+    latency observation per request, with the final status."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    except web.HTTPException as exc:  # redirects and the like, raised past errors_middleware
+        status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        request.app[METRICS].http.labels(request.method, route, str(status)).observe(seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %d",
+                request.method,
+                route,
+                status,
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "request_id": request_id,
+                },
+            )
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -32,9 +79,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc)
+        return _answer(request, exc)
     except Exception as exc:
-        return error_response(exc)
+        return _answer(request, exc)
+
+
+def _answer(request: web.Request, exc: Exception) -> web.Response:
+    if isinstance(exc, RedisError):
+        request.app[METRICS].redis_errors.inc()
+    return error_response(exc)
 
 
 @web.middleware
@@ -88,9 +141,9 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         if exc.status < 400:
             await store.release_key(key, owner)
             raise
-        response = error_response(exc)
+        response = _answer(request, exc)
     except Exception as exc:
-        response = error_response(exc)
+        response = _answer(request, exc)
     if response.status >= 500 or not isinstance(response, web.Response) or response.body is None:
         await store.release_key(key, owner)
         return response

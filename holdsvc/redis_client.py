@@ -122,6 +122,7 @@ class PipelinedRedis:
         self._connecting: asyncio.Lock | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
+        self.connects = 0
 
     async def execute(self, *args: Any) -> Any:
         conn = self._conn
@@ -158,6 +159,7 @@ class PipelinedRedis:
                     conn.transport.abort()
                 raise
             self._conn = conn
+            self.connects += 1
             return conn
 
     async def _setup(self, conn: _Connection) -> None:

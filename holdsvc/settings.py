@@ -58,6 +58,8 @@ class Settings:
     # kills the process with SIGKILL. One of holdsvc.faults.POINTS, or "" for none.
     fault: str = ""
     log_level: str = "INFO"
+    # "text", or "json": one JSON object a line.
+    log_format: str = "text"
     demo: bool = False
 
     @property
@@ -111,6 +113,8 @@ class Settings:
             raise ValueError(f"port must be 1..65535, got {self.port}")
         if self.hold_ttl <= 0 or self.payment_window <= 0:
             raise ValueError("hold-ttl and payment-window must be positive")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log-format must be text or json")
         if self.gateway_timeout <= 0:
             raise ValueError("gateway-timeout must be positive")
         if self.takeover_after < 3:
@@ -255,6 +259,7 @@ def _common(cmd: argparse.ArgumentParser) -> None:
         help="fail start-up when Redis expiry events are off and cannot be turned on",
     )
     cmd.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    cmd.add_argument("--log-format", choices=["text", "json"], help="text (default) or json")
 
 
 __all__ = ["ENV_PREFIX", "Settings", "build_parser"]

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
@@ -121,6 +121,21 @@ class Moved:
 
     moved: bool
     state: str | None
+    # Set when moved: where it came from, and the hold deadline it had (for expiry lag).
+    previous: str | None = None
+    deadline: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A committed move, as the store reports it to its observer (logs, metrics)."""
+
+    booking_id: str
+    from_state: str
+    to_state: str
+    cause: str
+    at: int
+    deadline: int | None
 
 
 class SeatOwnedInSql(Exception):
@@ -169,10 +184,12 @@ def _in(values: Collection[object]) -> str:
 
 
 def _move(conn: sqlite3.Connection, booking_id: str, move: Move, at: int) -> Moved:
-    row = conn.execute("SELECT state FROM bookings WHERE id = ?", (booking_id,)).fetchone()
+    row = conn.execute(
+        "SELECT state, hold_expires_at FROM bookings WHERE id = ?", (booking_id,)
+    ).fetchone()
     if row is None or row[0] not in move.sources:
         return Moved(False, row[0] if row else None)
-    current = row[0]
+    current, deadline = row
     updated = conn.execute(
         "UPDATE bookings SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
         (move.target, at, booking_id, current),
@@ -186,7 +203,7 @@ def _move(conn: sqlite3.Connection, booking_id: str, move: Move, at: int) -> Mov
     )
     if not move.seats_live:
         conn.execute("UPDATE booking_seats SET live = 0 WHERE booking_id = ?", (booking_id,))
-    return Moved(True, move.target)
+    return Moved(True, move.target, current, deadline)
 
 
 def _change_payment(
@@ -248,7 +265,7 @@ class _InsertHold(BatchOp):
         _insert_many(conn, _INSERT_HOLD_TRANSITION, [r[2] for r in rows])
         return [[] for _ in ops]
 
-    def __call__(self, conn: sqlite3.Connection) -> list[str]:
+    def __call__(self, conn: sqlite3.Connection) -> list[tuple[str, Moved]]:
         b, supersede = self.booking, self.supersede
         owners = conn.execute(
             "SELECT DISTINCT bs.booking_id, b.state FROM booking_seats bs"
@@ -259,13 +276,12 @@ class _InsertHold(BatchOp):
         blocking = {bid: state for bid, state in owners if state not in supersede.sources}
         if blocking:
             raise SeatOwnedInSql(blocking)
-        for bid, _ in owners:
-            _move(conn, bid, supersede, self.at)
+        superseded = [(bid, _move(conn, bid, supersede, self.at)) for bid, _ in owners]
         booking, seats, transition = self._rows()
         conn.execute(_INSERT_BOOKING, booking)
         conn.executemany(_INSERT_SEAT, seats)
         conn.execute(_INSERT_HOLD_TRANSITION, transition)
-        return [bid for bid, _ in owners]
+        return superseded
 
 
 def _insert_many(conn: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> None:
@@ -313,6 +329,8 @@ class SqlStore:
         self.path = path
         self._writer = writer
         self._reader = reader
+        # Told of every committed move (the app logs and counts them); runs on the event loop.
+        self.on_transition: Callable[[Transition], None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> SqlStore:
@@ -342,6 +360,10 @@ class SqlStore:
     @property
     def writer_stats(self) -> WriterStats:
         return self._writer.stats
+
+    def on_commit(self, observer: Callable[[int, float], None]) -> None:
+        """Be told of every group commit: its size and how long it took."""
+        self._writer.on_commit = observer
 
     @contextlib.asynccontextmanager
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[_Rows]:
@@ -426,7 +448,15 @@ class SqlStore:
         transaction. Returns the ids so moved. A seat owned for good raises
         :class:`SeatOwnedInSql` and nothing is written.
         """
-        return await self._writer.submit(_InsertHold(booking, supersede, now_ms()))
+        at = now_ms()
+        superseded: list[tuple[str, Moved]] = await self._writer.submit(
+            _InsertHold(booking, supersede, at)
+        )
+        if self.on_transition is not None:
+            for bid, moved in superseded:
+                self._notify(bid, moved, supersede, at)
+            self.on_transition(Transition(booking.id, "INITIATED", booking.state, "hold", at, None))
+        return [bid for bid, _ in superseded]
 
     async def transition(
         self,
@@ -451,16 +481,27 @@ class SqlStore:
                     )
             return moved
 
-        return await self._writer.submit(op)
+        moved = await self._writer.submit(op)
+        self._notify(booking_id, moved, move, at)
+        return moved
 
     async def transition_many(self, booking_ids: Sequence[str], move: Move) -> list[str]:
         """The same compare-and-set for many bookings in one operation; returns those moved."""
         at = now_ms()
 
-        def op(conn: sqlite3.Connection) -> list[str]:
-            return [bid for bid in booking_ids if _move(conn, bid, move, at).moved]
+        def op(conn: sqlite3.Connection) -> list[tuple[str, Moved]]:
+            return [(bid, _move(conn, bid, move, at)) for bid in booking_ids]
 
-        return await self._writer.submit(op)
+        outcomes = await self._writer.submit(op)
+        for bid, moved in outcomes:
+            self._notify(bid, moved, move, at)
+        return [bid for bid, moved in outcomes if moved.moved]
+
+    def _notify(self, booking_id: str, moved: Moved, move: Move, at: int) -> None:
+        if self.on_transition is not None and moved.moved and moved.previous is not None:
+            self.on_transition(
+                Transition(booking_id, moved.previous, move.target, move.cause, at, moved.deadline)
+            )
 
     async def change_payment(
         self, booking_id: str, change: PaymentChange, *, booking_in: Collection[str]

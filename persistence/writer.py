@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = WriterStats()
+        # Told (on the event loop) of every group commit: its size and how long it took.
+        self.on_commit: Callable[[int, float], None] | None = None
 
     async def start(self, init: Callable[[sqlite3.Connection], None]) -> None:
         """Open the file on the writer thread and run ``init`` (the schema) there."""
@@ -113,6 +116,7 @@ class GroupCommitWriter:
                 item = self._queue.get_nowait()
             if not batch:
                 continue
+            started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(
                     self._executor, self._apply, [op for op, _ in batch]
@@ -123,6 +127,8 @@ class GroupCommitWriter:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            if self.on_commit is not None:
+                self.on_commit(len(batch), time.perf_counter() - started)
             for (_, future), (ok, value) in zip(batch, results, strict=True):
                 if future.done():
                     continue

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -120,7 +121,9 @@ async def seat_map(client: TestClient[Any, Any], flight_id: int) -> dict[str, st
 
 
 class ServiceProcess:
-    """``holdsvc serve`` as a real child process, for restart and multi-process tests."""
+    """``holdsvc serve`` (or another command) as a real child process, for restart and
+    multi-process tests. Its output goes to a file, never a pipe nobody reads: a service that
+    logs every request would block on a full pipe."""
 
     def __init__(
         self, args: list[str], env: dict[str, str] | None = None, command: str = "serve"
@@ -130,40 +133,40 @@ class ServiceProcess:
         listen = ["--port", str(self.port)] if command == "serve" else []
         self.args = [sys.executable, "-m", "holdsvc", command, *listen, *args]
         self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[str] | None = None
-        self.output = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkstemp(prefix=f"holdsvc-{command}-", suffix=".log")[1])
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
     def start(self, timeout: float = 20.0) -> None:
-        self.proc = subprocess.Popen(
-            self.args,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        if self.command != "serve":
-            # A headless process says when it is ready; its start-up sweep has run by then.
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output += line
-                if f"holdsvc {self.command} running" in line:
-                    return
-            raise AssertionError(f"holdsvc {self.command} exited early:\n{self.stop()}")
+        offset = self.log.stat().st_size  # a restart's readiness is read from its own output
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        ready = f"holdsvc {self.command} running"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"holdsvc exited early:\n{self.stop()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            if self.command != "serve":
+                # A headless process says when it is ready; its start-up sweep has run then.
+                if ready.encode() in self.log.read_bytes()[offset:]:
                     return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"holdsvc did not listen within {timeout}s:\n{self.stop()}")
+            else:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"holdsvc did not start within {timeout}s:\n{self.stop()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> str:
         """Signal the process, wait for it, and return everything it printed."""
@@ -171,11 +174,10 @@ class ServiceProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        self.output += out or ""
+            self.proc.wait()
         return self.output
 
 
@@ -197,3 +199,4 @@ def services() -> Iterator[Callable[..., ServiceProcess]]:
         for service in started:
             if service.proc is not None and service.proc.poll() is None:
                 service.stop(signal.SIGKILL)
+            service.log.unlink(missing_ok=True)

@@ -97,3 +97,4 @@ async def test_start_up_fails_clearly_without_redis(
     assert node.proc is not None and node.proc.returncode == 1
     assert "holdsvc: cannot start: Error 111 connecting to 127.0.0.1:1" in text
     assert "Traceback" not in text
+    node.log.unlink(missing_ok=True)
