@@ -15,6 +15,7 @@ holdsvc_redis_connects_total                 connections the hold client opened 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -83,7 +84,15 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
             registry=r,
         )
+        self._http_children: dict[tuple[str, str, int], Any] = {}
         self.redis_errors = Counter("holdsvc_redis_errors", "Redis errors answered 503", registry=r)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        child = self._http_children.get(key)
+        if child is None:  # labels() takes a lock and builds a tuple: once per route/status
+            child = self._http_children[key] = self.http.labels(method, route, str(status))
+        child.observe(seconds)
 
     def watch_redis_client(self, connects: Callable[[], int]) -> None:
         self.registry.register(_Live(connects))

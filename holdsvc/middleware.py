@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import re
 import secrets
 import time
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -31,6 +31,10 @@ HEARTBEAT_EVERY_S = 1.0
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 access_log = logging.getLogger("holdsvc.access")
+# Request ids only need to be unique, not secret: a random per-process prefix and a counter
+# cost far less than a uuid4 per request.
+_ID_PREFIX = secrets.token_hex(6) + "-"
+_ids = itertools.count(1)
 
 
 @web.middleware
@@ -38,7 +42,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Outermost: the request id (taken from X-Request-ID or made), one log line and one
     latency observation per request, with the final status."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request_id = given if given and _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ids):x}"
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500
@@ -55,7 +59,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         seconds = time.perf_counter() - started
         info = request.match_info.route.resource
         route = info.canonical if info is not None else "unmatched"
-        request.app[METRICS].http.labels(request.method, route, str(status)).observe(seconds)
+        request.app[METRICS].observe_request(request.method, route, status, seconds)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "%s %s %d",
