@@ -43,7 +43,7 @@ class Settings:
     # but nothing here records EXPIRED.
     persister_enabled: bool = True
     # Expiry events are fire-and-forget; the sweeper makes expiry certain. Seconds, 0 = off.
-    sweep_interval: float = 1.0
+    sweep_interval: float = 0.5
     # A hold still live in SQL this long after its deadline is expired from SQL's side, for
     # holds whose Redis keys and deadline entry were lost with Redis data.
     reconcile_grace: float = 2.0
@@ -244,7 +244,7 @@ def _common(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--data-dir", type=Path, help="embedded Redis and SQLite live here")
     cmd.add_argument("--db", type=Path, help="SQLite file (default <data-dir>/holdsvc.sqlite3)")
     cmd.add_argument(
-        "--sweep-interval", type=float, help="seconds between expiry sweeps (default 1, 0 = off)"
+        "--sweep-interval", type=float, help="seconds between expiry sweeps (default 0.5, 0 = off)"
     )
     cmd.add_argument(
         "--reconcile-grace",
