@@ -13,6 +13,7 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import orjson
 
@@ -77,7 +78,8 @@ async def status(settings: Settings) -> int:
         flights = await h.flights.all()
         live = await h.holds.live_holds([f.id for f in flights])
         info = await h.holds.redis.info("server")
-        print(f"redis        ok ({info.get('redis_version', '?')}, {redis_url(settings)})")
+        where = urlparse(redis_url(settings))
+        print(f"redis        ok ({info.get('redis_version', '?')}, {where.hostname}:{where.port})")
         print(f"sql          ok ({settings.db_path})")
         print(f"flights      {len(flights)}")
         print(f"live holds   {live}")
@@ -181,4 +183,4 @@ def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(commands[command]())
     except AdminError as exc:
         print(f"holdsvc {command}: {exc}", file=sys.stderr)
-        return 1
+        return 2  # 1 is audit's "differences found"

@@ -116,11 +116,13 @@ async def healthz(request: web.Request) -> web.Response:
     try:
         await request.app[REDIS].ping()
     except Exception as exc:
-        problems["redis"] = str(exc) or type(exc).__name__
+        log.warning("healthz: Redis: %s", exc)  # the detail (hosts, ports) stays in the log
+        problems["redis"] = "unavailable"
     try:
         await request.app[STORE].ping()
     except Exception as exc:
-        problems["sql"] = str(exc) or type(exc).__name__
+        log.warning("healthz: SQL: %s", exc)
+        problems["sql"] = "unavailable"
     if problems:
         return json_response({"status": "unavailable", **problems}, 503)
     return json_response({"status": "ok"})

@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -93,17 +95,49 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
         app[k.REDIS_URL] = settings.redis_url
         yield
         return
+    url_file = settings.data_dir / EMBEDDED_URL_FILE
+    running = await asyncio.to_thread(_running_embedded, url_file)
+    if running is not None:
+        # Another process of this data dir (a serve, a persister) runs the embedded Redis:
+        # share it. Two servers on one AOF directory would corrupt it.
+        log.info("using the embedded Redis already running for %s", settings.data_dir)
+        app[k.REDIS_URL] = running
+        yield
+        return
     server = EmbeddedRedis(settings.data_dir / "redis", binary=find_binary(settings.redis_server))
     await asyncio.to_thread(server.start)
     app[k.REDIS_URL] = server.url
     # The admin commands (holdsvc status, audit, ...) find this Redis through this file.
-    url_file = settings.data_dir / EMBEDDED_URL_FILE
     url_file.write_text(server.url + "\n")
     try:
         yield
     finally:
-        url_file.unlink(missing_ok=True)
+        if _running_url(url_file) == server.url:
+            url_file.unlink(missing_ok=True)
         await asyncio.to_thread(server.stop)
+
+
+def _running_url(url_file: Path) -> str | None:
+    try:
+        return url_file.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _running_embedded(url_file: Path) -> str | None:
+    """The URL of the embedded Redis another process of this data dir runs, if it answers."""
+    url = _running_url(url_file)
+    if url is None:
+        return None
+    try:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+    except (IndexError, ValueError):
+        return None
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
+        s.sendall(b"PING\r\n")
+        if s.recv(16).startswith(b"+PONG"):
+            return url
+    return None
 
 
 async def _sql(app: web.Application) -> AsyncIterator[None]:

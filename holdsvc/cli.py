@@ -29,6 +29,7 @@ STARTUP_ERRORS = (
     RedisError,
     sqlite3.Error,
     OSError,
+    ValueError,
 )
 
 DEMO_FLIGHT = NewFlight(
@@ -56,9 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             return admin.run(command, settings, args)
     except STARTUP_ERRORS as exc:
-        what = "cannot start" if command in ("serve", "persister") else f"{command} failed"
+        service = command in ("serve", "persister")
+        what = "cannot start" if service else f"{command} failed"
         print(f"holdsvc: {what}: {exc}", file=sys.stderr)
-        return 1
+        return 1 if service else 2
     return 0
 
 

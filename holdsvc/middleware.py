@@ -12,11 +12,10 @@ import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from redis.exceptions import RedisError
 
 from holdsvc.appkeys import IDEMPOTENCY_KEY, INSTANCE_ID, METRICS, REQUEST_ID, SETTINGS, STORE
 from holdsvc.errors import Conflict, IdempotencyMismatch, ValidationError
-from holdsvc.responses import error_response
+from holdsvc.responses import error_response, redis_unavailable
 from persistence.sqlite_store import Claim
 
 log = logging.getLogger(__name__)
@@ -35,6 +34,8 @@ access_log = logging.getLogger("holdsvc.access")
 # cost far less than a uuid4 per request.
 _ID_PREFIX = secrets.token_hex(6) + "-"
 _ids = itertools.count(1)
+# The method label is bounded to these; anything else a client sends counts as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @web.middleware
@@ -59,7 +60,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         seconds = time.perf_counter() - started
         info = request.match_info.route.resource
         route = info.canonical if info is not None else "unmatched"
-        request.app[METRICS].observe_request(request.method, route, status, seconds)
+        method = request.method if request.method in _METHODS else "other"
+        request.app[METRICS].observe_request(method, route, status, seconds)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "%s %s %d",
@@ -89,7 +91,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 def _answer(request: web.Request, exc: Exception) -> web.Response:
-    if isinstance(exc, RedisError):
+    if redis_unavailable(exc):
         request.app[METRICS].redis_errors.inc()
     return error_response(exc)
 

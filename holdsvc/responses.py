@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from holdsvc.errors import DomainError
@@ -79,15 +80,32 @@ def flight_view(f: Flight, available: int) -> dict[str, Any]:
     }
 
 
+# As nginx logs it: the client closed the connection before the answer.
+CLIENT_GONE = 499
+# Redis refusing for a while (out of memory, a replica, loading, a busy script, failover):
+# the request may succeed later, so 503, not 500.
+_TRANSIENT = ("OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN")
+
+
+def redis_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT)
+
+
 def error_response(exc: Exception) -> web.Response:
     """The JSON answer for any exception a handler raised; 500s say nothing of the cause."""
     if isinstance(exc, DomainError):
         return json_response(exc.body(), exc.status, exc.headers or None)
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+    if redis_unavailable(exc):
         log.warning("Redis unavailable: %s", exc)
         return json_response(
             {"error": "Seat store (Redis) unavailable; retry shortly"}, 503, {"Retry-After": "1"}
         )
+    if isinstance(exc, ConnectionResetError):
+        # The client went away mid-request: nobody reads this answer; not a server error.
+        log.info("client disconnected: %s", exc)
+        return json_response({"error": "Client closed the connection"}, CLIENT_GONE)
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return json_response({"error": exc.reason}, exc.status, headers)

@@ -113,6 +113,19 @@ class Settings:
             raise ValueError(f"port must be 1..65535, got {self.port}")
         if self.hold_ttl <= 0 or self.payment_window <= 0:
             raise ValueError("hold-ttl and payment-window must be positive")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(
+                f"log-level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}"
+            )
+        if self.redis_url is not None and not self.redis_url.startswith("redis://"):
+            raise ValueError(
+                f"redis-url must be redis://host:port/db (TLS and unix sockets are not supported"
+                f" yet), not {self.redis_url!r}"
+            )
+        if self.max_body_bytes < 1024:
+            raise ValueError("max-body-bytes must be at least 1024")
+        if self.idempotency_ttl < 86400:
+            raise ValueError("idempotency-ttl must be at least 86400 seconds (24 h)")
         if self.log_format not in ("text", "json"):
             raise ValueError("log-format must be text or json")
         if self.gateway_timeout <= 0:
@@ -183,12 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
     _common(serve)
-    serve.add_argument("--hold-ttl", type=float, help="seconds a hold lasts (default 600)")
-    serve.add_argument("--payment-window", type=float, help="seconds a payment may take")
-    serve.add_argument(
-        "--gateway-timeout", type=float, help="seconds a gateway call may take (default 30)"
-    )
-    serve.add_argument("--max-seats-per-booking", type=int, help="default 10")
+    _service(serve)
     serve.add_argument(
         "--no-persister",
         dest="persister_enabled",
@@ -209,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="consume expiry events and sweep lapsed holds, without serving HTTP",
     )
     _common(persister)
+    _service(persister)
     status = sub.add_parser("status", help="bookings per state, live holds, Redis and SQL health")
     _common(status)
     audit = sub.add_parser(
@@ -233,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="list flights with their free seats")
     _common(listing)
     return parser
+
+
+def _service(cmd: argparse.ArgumentParser) -> None:
+    """Flags of the processes that run the service's machinery (serve, persister)."""
+    cmd.add_argument("--hold-ttl", type=float, help="seconds a hold lasts (default 600)")
+    cmd.add_argument("--payment-window", type=float, help="seconds a payment may take")
+    cmd.add_argument(
+        "--gateway-timeout", type=float, help="seconds a gateway call may take (default 30)"
+    )
+    cmd.add_argument("--max-seats-per-booking", type=int, help="default 10")
 
 
 def _common(cmd: argparse.ArgumentParser) -> None:

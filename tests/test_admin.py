@@ -44,7 +44,7 @@ async def test_flights_status_and_audit(
         "--destination", "DEL", "--departure-time", "2026-12-02T10:00:00Z", "--rows", "20",
         "--seat-letters", "ABCD", "--price", "1.005", "--currency", "INR",
     )  # fmt: skip
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert bad.stderr.startswith("holdsvc flights create:") and "price" in bad.stderr
     assert "Traceback" not in bad.stderr
 
@@ -78,8 +78,32 @@ async def test_flights_status_and_audit(
 
 def test_admin_errors_are_one_line(tmp_path: Path) -> None:
     missing = admin("status", "--data-dir", str(tmp_path / "nowhere"))
-    assert missing.returncode == 1
+    assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0
     assert "no database at" in missing.stderr
     assert admin("audit", "--help").returncode == 0
     assert admin("flights", "--help").returncode == 0
+
+
+async def test_a_persister_shares_the_embedded_redis_of_a_running_serve(
+    tmp_path: Path, services: Callable[..., ServiceProcess]
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    node = services([*data, "--no-persister"])
+    url_file = tmp_path / "data" / "redis.url"
+    url = url_file.read_text().strip()
+    persister = services(data, command="persister")
+    assert "using the embedded Redis already running" in persister.output
+    persister.stop()
+    assert url_file.read_text().strip() == url, "the serve's Redis is still the one named"
+    status = admin("status", *data)
+    assert status.returncode == 0, status.stderr
+    node.stop()
+    assert not url_file.exists()
+
+
+def test_bad_settings_are_one_line(tmp_path: Path) -> None:
+    for args in (["--log-level", "bogus"], ["--redis-url", "localhost:1"]):
+        run = admin("status", "--data-dir", str(tmp_path), *args)
+        assert run.returncode == 2, run.stderr
+        assert "Traceback" not in run.stderr

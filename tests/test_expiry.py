@@ -24,7 +24,8 @@ async def state_of(client: Client, booking_id: str) -> str:
 async def test_hold_expires_through_the_keyspace_event(
     make_client: MakeClient, settings: Settings, redis: Redis
 ) -> None:
-    client = await make_client(settings.replace(hold_ttl=1.0))
+    # No sweeper: the event alone must do it.
+    client = await make_client(settings.replace(hold_ttl=1.0, sweep_interval=0))
     flight = await new_flight(client)
     booking = await hold(client, flight["id"], ["1A", "1B"])
     assert (await seat_map(client, flight["id"]))["1A"] == "held"

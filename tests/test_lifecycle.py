@@ -194,3 +194,19 @@ async def test_healthz(client: Client, redis_server: Any) -> None:
     resp = await client.get("/healthz")
     assert resp.status == 503
     assert (await resp.json())["status"] == "unavailable"
+
+
+async def test_redis_refusing_writes_answers_503_not_500(client: Client, redis: Redis) -> None:
+    flight = await new_flight(client)
+    await redis.config_set("maxmemory", 1)
+    try:
+        resp = await client.post(
+            "/api/bookings/", json={"flight_id": flight["id"], "user_id": "u1", "seats": ["1A"]}
+        )
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "1"
+        assert "unavailable" in (await resp.json())["error"]
+    finally:
+        await redis.config_set("maxmemory", 0)
+    resp = await client.get("/healthz")
+    assert resp.status == 200
