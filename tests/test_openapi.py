@@ -65,7 +65,7 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
             "--max-examples", "10", "--seed", "7", "--workers", "1",
             "--request-timeout", "10", "--max-time", "45",
         ],
-        capture_output=True, text=True, timeout=280, check=False,
+        capture_output=True, text=True, timeout=280, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "generated" in run.stdout, run.stdout[-2000:]
