@@ -17,17 +17,16 @@ from urllib.parse import urlparse
 
 import orjson
 
-from holdsvc import requests
+from holdsvc import keys, requests
 from holdsvc.app import EMBEDDED_URL_FILE
 from holdsvc.errors import DomainError
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore, connect_hold_store
 from holdsvc.restore import Restorer
 from holdsvc.settings import Settings
-from holdsvc.states import State
+from holdsvc.states import HOLDING, State
 from persistence.sqlite_store import SqlStore
 
-_HOLDING = {State.SEAT_HELD.value, State.PAYMENT_PENDING.value}
 # A difference seen twice this far apart is real; once, it may be a hold between its Redis
 # step and its SQL commit.
 RECHECK_AFTER_S = 1.0
@@ -121,12 +120,11 @@ async def _differences(h: _Handles, flight_id: int) -> list[str]:
             if sql is not None:
                 out.append(f"seat {seat}: Redis free, {sql_text}")
             continue
-        value = raw.decode()
-        booked = value.startswith("!")
-        bid = value[1:] if booked else value
+        booked = raw.startswith(keys.BOOKED_PREFIX)
+        bid = (raw[len(keys.BOOKED_PREFIX) :] if booked else raw).decode()
         if booked and sql != (bid, State.CONFIRMED.value):
             out.append(f"seat {seat}: Redis booked by {bid}, {sql_text}")
-        elif not booked and (sql is None or sql[0] != bid or sql[1] not in _HOLDING):
+        elif not booked and (sql is None or sql[0] != bid or sql[1] not in HOLDING):
             out.append(f"seat {seat}: Redis held by {bid}, {sql_text}")
     return out
 

@@ -7,11 +7,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from holdsvc import appkeys as k
 from holdsvc.api import add_routes
 from holdsvc.bookings import Bookings
-from holdsvc.embedded_redis import EmbeddedRedis, find_binary
+from holdsvc.embedded_redis import EmbeddedRedis, answers_ping, find_binary
 from holdsvc.expiry import Expirer
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
@@ -129,15 +129,8 @@ def _running_embedded(url_file: Path) -> str | None:
     url = _running_url(url_file)
     if url is None:
         return None
-    try:
-        port = int(url.rsplit(":", 1)[1].split("/")[0])
-    except (IndexError, ValueError):
-        return None
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
-        s.sendall(b"PING\r\n")
-        if s.recv(16).startswith(b"+PONG"):
-            return url
-    return None
+    port = urlparse(url).port
+    return url if port is not None and answers_ping(port) else None
 
 
 async def _sql(app: web.Application) -> AsyncIterator[None]:

@@ -54,6 +54,8 @@ from persistence.writer import WriterClosed
 log = logging.getLogger(__name__)
 
 ALL_STATES = frozenset(s.value for s in State)
+# Built once: a hold's insert carries it, and a frozenset per hold showed in profiles.
+SUPERSEDE = move(State.EXPIRED, "superseded")
 # Attempts, 1 s apart doubling to 30 s, to take back a hold whose Redis reply was lost; past
 # them the hold's own TTL frees the seats.
 COMPENSATE_TRIES = 8
@@ -159,7 +161,7 @@ class Bookings:
             created_at=now_ms(),
         )
         try:
-            superseded = await self._store.insert_hold(new, move(State.EXPIRED, "superseded"))
+            superseded = await self._store.insert_hold(new, SUPERSEDE)
         except SeatOwnedInSql as exc:
             # Redis granted seats that SQL says are sold: Redis lost data. Never sell twice.
             log.error("hold %s refused: %s", booking_id, exc)

@@ -63,6 +63,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def answers_ping(port: int) -> bool:
+    """Whether a Redis-compatible server answers PING on this loopback port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def _die_with_parent() -> None:
     # A service killed with SIGKILL must not leave its Redis running.
     if sys.platform.startswith("linux"):
@@ -134,12 +144,7 @@ class EmbeddedRedis:
         raise EmbeddedRedisError(f"{self.binary} did not answer within {START_TIMEOUT_S}s")
 
     def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        return answers_ping(self.port)
 
     def stop(self) -> None:
         """SIGTERM (Redis fsyncs its AOF and exits), then SIGKILL if it lingers."""

@@ -32,7 +32,6 @@ class Expirer:
         self._flights = flights
         # One pass per flight at a time: events for the seats of one booking arrive together.
         self._locks: dict[int, asyncio.Lock] = {}
-        self.expired = 0
 
     async def on_expired_keys(self, expired: Iterable[bytes]) -> None:
         """The persister's callback: the keys Redis reported expired."""
@@ -66,7 +65,6 @@ class Expirer:
             overdue, move(State.EXPIRED, "reconcile", only_from=State.SEAT_HELD)
         )
         if moved:
-            self.expired += len(moved)
             log.warning("%d holds lost from Redis expired from SQL", len(moved))
         return len(moved)
 
@@ -84,6 +82,5 @@ class Expirer:
                 if len(due) < BATCH:
                     break
         if recorded:
-            self.expired += recorded
             log.info("flight %d: %d holds expired (%s)", flight_id, recorded, cause)
         return recorded

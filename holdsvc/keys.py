@@ -16,10 +16,6 @@ _MARKER = "e"
 BOOKED_PREFIX = b"!"
 
 
-def tag(flight_id: int) -> str:
-    return f"{{f:{flight_id}}}"
-
-
 def seat(flight_id: int, seat_name: str) -> str:
     return f"{{f:{flight_id}}}:{seat_name}"
 

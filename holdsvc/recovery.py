@@ -31,7 +31,6 @@ class PaymentRecovery:
         self._store = store
         self._gateway = gateway
         self._gateway_timeout_ms = gateway_timeout_ms
-        self.settled = 0
 
     async def run(self, grace_ms: int) -> int:
         """Settle everything left open past its bound; returns how many."""
@@ -53,7 +52,6 @@ class PaymentRecovery:
                 log.exception("settling booking %s failed; retried next round", booking_id)
                 continue
             settled += 1
-        self.settled += settled
         return settled
 
     async def settle(self, booking_id: str) -> None:

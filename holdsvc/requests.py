@@ -19,7 +19,6 @@ from holdsvc.payments import DEFAULT_METHOD
 from persistence.sqlite_store import NewFlight
 
 MAX_ROWS = 150
-MAX_LETTERS = 12
 
 Code3 = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
 UserId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]

@@ -14,13 +14,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from holdsvc.errors import DomainError
 from holdsvc.flights import Flight
-from holdsvc.states import HOLDS_SEATS, State
+from holdsvc.states import HOLDING
 from persistence.sqlite_store import BookingRecord
 
 log = logging.getLogger(__name__)
-
-_HOLDING = frozenset({State.SEAT_HELD.value, State.PAYMENT_PENDING.value})
-assert _HOLDING <= {s.value for s in HOLDS_SEATS}
 
 
 def json_response(
@@ -56,7 +53,7 @@ def booking_view(b: BookingRecord) -> dict[str, Any]:
         "amount": b.amount,
         "currency": b.currency,
         # Only a live hold has a deadline worth showing.
-        "hold_expires_at": iso_ms(b.hold_expires_at) if b.state in _HOLDING else None,
+        "hold_expires_at": iso_ms(b.hold_expires_at) if b.state in HOLDING else None,
         "created_at": iso_ms(b.created_at),
         "updated_at": iso_ms(b.updated_at),
         "payment": payment,

@@ -15,13 +15,10 @@ import logging
 
 from holdsvc.flights import Flights
 from holdsvc.holds import HoldStore
-from holdsvc.states import State, move
+from holdsvc.states import ENDED, HOLDING, State, move
 from persistence.sqlite_store import SqlStore
 
 log = logging.getLogger(__name__)
-
-_HOLDING = (State.SEAT_HELD, State.PAYMENT_PENDING)
-_ENDED = frozenset(s.value for s in (State.CANCELLED, State.REFUNDED, State.EXPIRED))
 
 
 class Restorer:
@@ -30,8 +27,6 @@ class Restorer:
         self._store = store
         self._flights = flights
         self._locks: dict[int, asyncio.Lock] = {}
-        self.restored_seats = 0
-        self.lost_holds = 0
 
     async def check(self) -> int:
         """Restore every flight whose marker is missing or older than this Redis process."""
@@ -59,7 +54,7 @@ class Restorer:
                 if state == State.CONFIRMED.value
                 for seat in seats
             ]
-            holding = [(bid, state, seats) for bid, state, seats in bookings if state in _HOLDING]
+            holding = [(bid, state, seats) for bid, state, seats in bookings if state in HOLDING]
             intact = await self._holds.holders(flight_id, [(b, seats) for b, _, seats in holding])
             lost = 0
             for (bid, state, _), ok in zip(holding, intact, strict=True):
@@ -70,8 +65,6 @@ class Restorer:
             await self._holds.restore(flight_id, booked, run_id)
             # SQL was read before the writes: a booking cancelled meanwhile must not stay booked.
             await self._reconcile_seats(flight_id)
-            self.restored_seats += len(booked)
-            self.lost_holds += lost
             log.log(
                 logging.WARNING if booked or lost else logging.DEBUG,
                 "flight %d restored into Redis (%s): %d booked seats, %d lost holds expired",
@@ -98,7 +91,7 @@ class Restorer:
         states = await self._store.states_of(set(redis_booked.values()))
         orphans: dict[str, list[str]] = {}
         for seat, bid in redis_booked.items():
-            if states.get(bid) in _ENDED:
+            if states.get(bid) in ENDED:
                 orphans.setdefault(bid, []).append(seat)
         for bid, seats in orphans.items():
             await self._holds.release(flight_id, seats, bid)
@@ -114,7 +107,7 @@ class Restorer:
             # A booking cancelled between the reads above and this write must not stay booked
             # (its cancel committed in SQL first, so this re-read sees it).
             states = await self._store.states_of({bid for _, bid in missing})
-            for bid in {bid for _, bid in missing if states.get(bid) in _ENDED}:
+            for bid in {bid for _, bid in missing if states.get(bid) in ENDED}:
                 await self._holds.release(flight_id, [seat for seat, b in missing if b == bid], bid)
         fixed = sum(len(s) for s in orphans.values()) + len(missing)
         if fixed:

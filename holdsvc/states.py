@@ -37,6 +37,13 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 # States whose seats are taken: their rows count in SQL's one-live-booking-per-seat index.
 HOLDS_SEATS: frozenset[State] = frozenset({State.SEAT_HELD, State.PAYMENT_PENDING, State.CONFIRMED})
 
+# States whose booking has a live hold in Redis (a deadline, seat keys with a TTL).
+HOLDING: frozenset[str] = frozenset({State.SEAT_HELD.value, State.PAYMENT_PENDING.value})
+# States a booking never leaves holding or owning seats again.
+ENDED: frozenset[str] = frozenset(
+    {State.CANCELLED.value, State.REFUNDED.value, State.EXPIRED.value}
+)
+
 _SOURCES: dict[State, frozenset[State]] = {
     target: frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
     for target in State

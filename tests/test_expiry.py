@@ -21,6 +21,18 @@ async def state_of(client: Client, booking_id: str) -> str:
     return str(body["state"])
 
 
+def unwatched(settings: Settings) -> Settings:
+    """Holds of 0.3 s that nothing expires on its own: no persister, no sweeper."""
+    return settings.replace(hold_ttl=0.3, persister_enabled=False, sweep_interval=0)
+
+
+async def seat_lapses(client: Client, flight_id: int, seat: str) -> None:
+    async def free() -> bool:
+        return (await seat_map(client, flight_id))[seat] == "available"
+
+    await eventually(free, timeout=5)
+
+
 async def test_hold_expires_through_the_keyspace_event(
     make_client: MakeClient, settings: Settings, redis: Redis
 ) -> None:
@@ -73,16 +85,12 @@ async def test_many_holds_expire_exactly_once(make_client: MakeClient, settings:
 async def test_pay_after_lapse_records_expiry_when_nothing_else_did(
     make_client: MakeClient, settings: Settings
 ) -> None:
-    # With the persister off, nothing hears the expiry; the pay that finds the hold gone
-    # records it, and answers as for any expired booking.
-    client = await make_client(settings.replace(hold_ttl=0.3, persister_enabled=False))
+    # Nothing hears the expiry; the pay that finds the hold gone records it, and answers as
+    # for any expired booking.
+    client = await make_client(unwatched(settings))
     flight = await new_flight(client)
     booking = await hold(client, flight["id"], ["1A"])
-
-    async def seat_free() -> bool:
-        return (await seat_map(client, flight["id"]))["1A"] == "available"
-
-    await eventually(seat_free, timeout=5)
+    await seat_lapses(client, flight["id"], "1A")
     assert await state_of(client, booking["id"]) == "SEAT_HELD"
     resp = await client.post(f"/api/bookings/{booking['id']}/pay/")
     assert resp.status == 409
@@ -97,16 +105,12 @@ async def test_pay_after_lapse_records_expiry_when_nothing_else_did(
 async def test_stale_sql_holder_is_superseded_when_redis_grants_the_seat(
     make_client: MakeClient, settings: Settings
 ) -> None:
-    # Persister off: A's hold lapses in Redis but SQL still says SEAT_HELD. B's hold of the
+    # Nothing watching: A's hold lapses in Redis but SQL still says SEAT_HELD. B's hold of the
     # same seat proves A lost it; SQL records A as EXPIRED in the same commit as B's hold.
-    client = await make_client(settings.replace(hold_ttl=0.3, persister_enabled=False))
+    client = await make_client(unwatched(settings))
     flight = await new_flight(client)
     first = await hold(client, flight["id"], ["1A"])
-
-    async def seat_free() -> bool:
-        return (await seat_map(client, flight["id"]))["1A"] == "available"
-
-    await eventually(seat_free, timeout=5)
+    await seat_lapses(client, flight["id"], "1A")
     second = await hold(client, flight["id"], ["1A"], user="u2")
     assert await state_of(client, first["id"]) == "EXPIRED"
     live = await client.app[STORE].live_seats(flight["id"])
