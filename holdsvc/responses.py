@@ -16,6 +16,7 @@ from holdsvc.errors import DomainError
 from holdsvc.flights import Flight
 from holdsvc.states import HOLDING
 from persistence.sqlite_store import BookingRecord
+from persistence.writer import WriterClosed
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,12 @@ def error_response(exc: Exception) -> web.Response:
         log.warning("Redis unavailable: %s", exc)
         return json_response(
             {"error": "Seat store (Redis) unavailable; retry shortly"}, 503, {"Retry-After": "1"}
+        )
+    if isinstance(exc, WriterClosed):
+        # The SQL writer process is being replaced: what was waiting has an unknown outcome.
+        log.warning("SQL writer unavailable: %s", exc)
+        return json_response(
+            {"error": "Booking store (SQL) unavailable; retry shortly"}, 503, {"Retry-After": "1"}
         )
     if isinstance(exc, ConnectionResetError):
         # The client went away mid-request: nobody reads this answer; not a server error.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -21,7 +22,15 @@ from typing import Any
 
 import aiosqlite
 
-from persistence.writer import BatchOp, GroupCommitWriter, WriterStats, connect
+from persistence.coalesce import Coalescer
+from persistence.writer import (
+    BatchOp,
+    Call,
+    GroupCommitWriter,
+    WriterClosed,
+    WriterStats,
+    connect,
+)
 
 
 def now_ms() -> int:
@@ -145,13 +154,21 @@ class SeatOwnedInSql(Exception):
         super().__init__(f"seats owned in SQL by {owners}")
         self.owners = owners
 
+    def __reduce__(self) -> tuple[type[SeatOwnedInSql], tuple[dict[str, str]]]:
+        # Raised in the writer process and re-raised here: pickled by its real arguments.
+        return type(self), (self.owners,)
+
 
 class PaymentChanged(Exception):
     """The payment was not in the expected status: the whole operation is rolled back."""
 
     def __init__(self, booking_id: str, status: str | None) -> None:
         super().__init__(f"payment of {booking_id} is {status}")
+        self.booking_id = booking_id
         self.status = status
+
+    def __reduce__(self) -> tuple[type[PaymentChanged], tuple[str, str | None]]:
+        return type(self), (self.booking_id, self.status)
 
 
 class Claim(Enum):
@@ -211,8 +228,7 @@ def _change_payment(
 ) -> None:
     if change.expect is None:
         conn.execute(
-            "INSERT INTO payments (booking_id, payment_id, method, status, amount, currency,"
-            " idem_key, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_PAYMENT,
             (
                 booking_id,
                 change.payment_id,
@@ -245,6 +261,17 @@ class _InsertHold(BatchOp):
         self.booking = booking
         self.supersede = supersede
         self.at = at
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Sent to the writer process once per hold: plain tuples pickle in ~1 us, where the
+        # dataclasses' own pickling (fields() per object) took ~10 us of the event loop.
+        b, m = self.booking, self.supersede
+        return _load_insert_hold, (
+            (b.id, b.flight_id, b.user_id, b.state, b.seats, b.amount, b.currency,
+             b.hold_expires_at, b.created_at),
+            (m.target, m.sources, m.cause, m.seats_live),
+            self.at,
+        )  # fmt: skip
 
     def _rows(self) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[Any, ...]]:
         b = self.booking
@@ -284,6 +311,10 @@ class _InsertHold(BatchOp):
         return superseded
 
 
+def _load_insert_hold(booking: tuple[Any, ...], supersede: tuple[Any, ...], at: int) -> _InsertHold:
+    return _InsertHold(NewBooking(*booking), Move(*supersede), at)
+
+
 def _insert_many(conn: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> None:
     """One multi-row INSERT per chunk instead of executemany's one step per row: each SQLite
     step gives up the GIL and must take it back from the busy event loop, so fewer steps
@@ -298,6 +329,10 @@ def _insert_many(conn: sqlite3.Connection, insert: str, rows: list[tuple[Any, ..
         )
 
 
+_INSERT_PAYMENT = (
+    "INSERT INTO payments (booking_id, payment_id, method, status, amount, currency,"
+    " idem_key, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _INSERT_BOOKING = (
     "INSERT INTO bookings (id, flight_id, user_id, state, amount, currency, hold_expires_at,"
     " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -309,6 +344,227 @@ _INSERT_HOLD_TRANSITION = (
     "INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
     " VALUES (?, 'INITIATED', ?, 'hold', ?)"
 )
+
+
+def _booking(row: Any, seats: list[str]) -> BookingRecord:
+    return BookingRecord(
+        id=row[0],
+        flight_id=row[1],
+        user_id=row[2],
+        state=row[3],
+        seats=seats,
+        amount=row[4],
+        currency=row[5],
+        hold_expires_at=row[6],
+        created_at=row[7],
+        updated_at=row[8],
+        payment=PaymentRecord(*row[9:15]) if row[11] is not None else None,
+    )
+
+
+# ----- operations run in the writer process (module level, so they pickle)
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(resources.files("persistence").joinpath("schema.sql").read_text("utf-8"))
+
+
+def _create_flight(conn: sqlite3.Connection, flight: NewFlight, at: int) -> int:
+    cur = conn.execute(
+        "INSERT INTO flights (flight_number, origin, destination, departure_time,"
+        " seat_rows, seat_letters, price, currency, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            flight.flight_number,
+            flight.origin,
+            flight.destination,
+            flight.departure_time,
+            flight.rows,
+            flight.seat_letters,
+            flight.price,
+            flight.currency,
+            at,
+        ),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def _transition(
+    conn: sqlite3.Connection,
+    booking_id: str,
+    move: Move,
+    at: int,
+    payment: PaymentChange | None,
+    hold_expires_at: int | None,
+) -> Moved:
+    moved = _move(conn, booking_id, move, at)
+    if moved.moved:
+        if payment is not None:
+            _change_payment(conn, booking_id, payment, at)
+        if hold_expires_at is not None:
+            conn.execute(
+                "UPDATE bookings SET hold_expires_at = ? WHERE id = ?",
+                (hold_expires_at, booking_id),
+            )
+    return moved
+
+
+class _Transition(BatchOp):
+    """One booking's compare-and-set. Transitions queued together (a burst of pays and
+    confirms) run as one statement per table; if any of them would not move, or would trip
+    a check, they all run alone through ``_transition``, which says why."""
+
+    def __init__(
+        self,
+        booking_id: str,
+        move: Move,
+        at: int,
+        payment: PaymentChange | None,
+        hold_expires_at: int | None,
+    ) -> None:
+        self.booking_id = booking_id
+        self.move = move
+        self.at = at
+        self.payment = payment
+        self.hold_expires_at = hold_expires_at
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _Transition, (
+            self.booking_id, self.move, self.at, self.payment, self.hold_expires_at,
+        )  # fmt: skip
+
+    def __call__(self, conn: sqlite3.Connection) -> Moved:
+        return _transition(
+            conn, self.booking_id, self.move, self.at, self.payment, self.hold_expires_at
+        )
+
+    @classmethod
+    def run_batch(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[Any]:
+        batch: list[_Transition] = ops
+        ids = [op.booking_id for op in batch]
+        if len(set(ids)) != len(ids):
+            raise _RunAlone("the same booking twice")
+        now = {
+            bid: (state, deadline)
+            for bid, state, deadline in conn.execute(
+                f"SELECT id, state, hold_expires_at FROM bookings WHERE id IN ({_in(ids)})", ids
+            )
+        }
+        if any(
+            op.booking_id not in now or now[op.booking_id][0] not in op.move.sources for op in batch
+        ):
+            raise _RunAlone("a booking that would not move")
+        moved = conn.executemany(
+            "UPDATE bookings SET state = ?, updated_at = ?,"
+            " hold_expires_at = COALESCE(?, hold_expires_at) WHERE id = ? AND state = ?",
+            [
+                (op.move.target, op.at, op.hold_expires_at, op.booking_id, now[op.booking_id][0])
+                for op in batch
+            ],
+        ).rowcount
+        if moved != len(batch):
+            raise _RunAlone("a compare-and-set that did not hold")
+        conn.executemany(
+            "INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                (op.booking_id, now[op.booking_id][0], op.move.target, op.move.cause, op.at)
+                for op in batch
+            ],
+        )
+        freed = [(op.booking_id,) for op in batch if not op.move.seats_live]
+        if freed:
+            conn.executemany("UPDATE booking_seats SET live = 0 WHERE booking_id = ?", freed)
+        new = [op for op in batch if op.payment is not None and op.payment.expect is None]
+        if new:
+            conn.executemany(_INSERT_PAYMENT, [_payment_row(op) for op in new])
+        changes = [op for op in batch if op.payment is not None and op.payment.expect is not None]
+        if changes:
+            changed = conn.executemany(
+                "UPDATE payments SET status = ?, payment_id = COALESCE(?, payment_id),"
+                " updated_at = ? WHERE booking_id = ?"
+                " AND status IN (SELECT value FROM json_each(?))",
+                [_payment_change_row(op) for op in changes],
+            ).rowcount
+            if changed != len(changes):
+                raise _RunAlone("a payment not in its expected status")
+        return [
+            Moved(True, op.move.target, now[op.booking_id][0], now[op.booking_id][1])
+            for op in batch
+        ]
+
+
+class _RunAlone(Exception):
+    """A batch of transitions that must run one by one instead."""
+
+
+def _payment_row(op: _Transition) -> tuple[Any, ...]:
+    c = op.payment
+    assert c is not None
+    return (
+        op.booking_id, c.payment_id, c.method, c.status, c.amount, c.currency, c.idem_key, op.at,
+    )  # fmt: skip
+
+
+def _payment_change_row(op: _Transition) -> tuple[Any, ...]:
+    c = op.payment
+    assert c is not None and c.expect is not None
+    return (c.status, c.payment_id, op.at, op.booking_id, json.dumps(sorted(c.expect)))
+
+
+def _move_many(
+    conn: sqlite3.Connection, booking_ids: list[str], move: Move, at: int
+) -> list[tuple[str, Moved]]:
+    return [(bid, _move(conn, bid, move, at)) for bid in booking_ids]
+
+
+def _change_payment_in(
+    conn: sqlite3.Connection, booking_id: str, change: PaymentChange, states: list[str], at: int
+) -> Moved:
+    row = conn.execute("SELECT state FROM bookings WHERE id = ?", (booking_id,)).fetchone()
+    if row is None or row[0] not in states:
+        return Moved(False, row[0] if row else None)
+    _change_payment(conn, booking_id, change, at)
+    return Moved(True, row[0])
+
+
+def _claim_key(
+    conn: sqlite3.Connection,
+    key: str,
+    fingerprint: bytes,
+    owner: str,
+    at: int,
+    stale_ms: int,
+    ttl_ms: int,
+) -> ClaimResult:
+    row = conn.execute(
+        "SELECT k.fingerprint, k.status, k.body, k.started_at, k.owner, i.heartbeat_at"
+        " FROM idempotency_keys k LEFT JOIN instances i"
+        " ON i.id = substr(k.owner, 1, instr(k.owner, ':') - 1)"
+        " WHERE k.key = ?",
+        (key,),
+    ).fetchone()
+    if row is not None and row[3] >= at - ttl_ms:
+        stored_fp, status, body, _, holder, heartbeat = row
+        if bytes(stored_fp) != fingerprint:
+            return ClaimResult(Claim.MISMATCH)
+        if status is not None:
+            return ClaimResult(Claim.REPLAY, status, bytes(body))
+        if heartbeat is not None and heartbeat >= at - stale_ms:
+            return ClaimResult(Claim.RUNNING)
+        del holder  # a dead holder's claim is taken over below
+    conn.execute(
+        "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, body,"
+        " started_at, owner) VALUES (?, ?, NULL, NULL, ?, ?)",
+        (key, fingerprint, at, owner),
+    )
+    return ClaimResult(Claim.NEW)
+
+
+def _execute(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
+    """One statement; returns how many rows it changed."""
+    return conn.execute(sql, params).rowcount
 
 
 class _Rows:
@@ -329,6 +585,7 @@ class SqlStore:
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._bookings: Coalescer[str, None, BookingRecord] = Coalescer(self._get_bookings)
         # Told of every committed move (the app logs and counts them); runs on the event loop.
         self.on_transition: Callable[[Transition], None] | None = None
 
@@ -336,12 +593,7 @@ class SqlStore:
     async def open(cls, path: Path) -> SqlStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = GroupCommitWriter(path)
-        schema = resources.files("persistence").joinpath("schema.sql").read_text("utf-8")
-
-        def create_schema(conn: sqlite3.Connection) -> None:
-            conn.executescript(schema)
-
-        await writer.start(create_schema)
+        await writer.start(_create_schema)  # on failure it has stopped its process
         try:
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout=10000")
@@ -356,6 +608,10 @@ class SqlStore:
             await self._writer.close()
         finally:
             await self._reader.close()
+
+    @property
+    def writer_pid(self) -> int | None:
+        return self._writer.pid
 
     @property
     def writer_stats(self) -> WriterStats:
@@ -376,6 +632,9 @@ class SqlStore:
         yield _Rows(list(await self._reader.execute_fetchall(sql, params)))
 
     async def ping(self) -> bool:
+        """Reads answer and the writer process runs; raises (or is False) otherwise."""
+        if not self._writer.alive:
+            raise WriterClosed("the SQL writer process is not running")
         async with self._query("SELECT 1") as cur:
             return (await cur.fetchone()) is not None
 
@@ -395,27 +654,7 @@ class SqlStore:
     async def create_flight(self, flight: NewFlight) -> FlightRecord:
         at = now_ms()
 
-        def op(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "INSERT INTO flights (flight_number, origin, destination, departure_time,"
-                " seat_rows, seat_letters, price, currency, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    flight.flight_number,
-                    flight.origin,
-                    flight.destination,
-                    flight.departure_time,
-                    flight.rows,
-                    flight.seat_letters,
-                    flight.price,
-                    flight.currency,
-                    at,
-                ),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid
-
-        flight_id = await self._writer.submit(op)
+        flight_id = await self._writer.submit(Call(_create_flight, (flight, at)))
         return FlightRecord(id=flight_id, created_at=at, **_fields(flight))
 
     async def get_flight(self, flight_id: int) -> FlightRecord | None:
@@ -425,8 +664,11 @@ class SqlStore:
             row = await cur.fetchone()
         return FlightRecord(*row) if row else None
 
-    async def list_flights(self) -> list[FlightRecord]:
-        async with self._query(f"SELECT {_FLIGHT_COLUMNS} FROM flights ORDER BY id") as c:
+    async def list_flights(self, after_id: int = 0) -> list[FlightRecord]:
+        """Flights in id order; only those created after ``after_id``, when given."""
+        async with self._query(
+            f"SELECT {_FLIGHT_COLUMNS} FROM flights WHERE id > ? ORDER BY id", (after_id,)
+        ) as c:
             return [FlightRecord(*row) for row in await c.fetchall()]
 
     async def find_flight(self, flight_number: str, departure_time: str) -> FlightRecord | None:
@@ -469,19 +711,9 @@ class SqlStore:
         """Compare-and-set one booking's state; a payment change commits with it or not at all."""
         at = now_ms()
 
-        def op(conn: sqlite3.Connection) -> Moved:
-            moved = _move(conn, booking_id, move, at)
-            if moved.moved:
-                if payment is not None:
-                    _change_payment(conn, booking_id, payment, at)
-                if hold_expires_at is not None:
-                    conn.execute(
-                        "UPDATE bookings SET hold_expires_at = ? WHERE id = ?",
-                        (hold_expires_at, booking_id),
-                    )
-            return moved
-
-        moved = await self._writer.submit(op)
+        moved: Moved = await self._writer.submit(
+            _Transition(booking_id, move, at, payment, hold_expires_at)
+        )
         self._notify(booking_id, moved, move, at)
         return moved
 
@@ -489,10 +721,7 @@ class SqlStore:
         """The same compare-and-set for many bookings in one operation; returns those moved."""
         at = now_ms()
 
-        def op(conn: sqlite3.Connection) -> list[tuple[str, Moved]]:
-            return [(bid, _move(conn, bid, move, at)) for bid in booking_ids]
-
-        outcomes = await self._writer.submit(op)
+        outcomes = await self._writer.submit(Call(_move_many, (list(booking_ids), move, at)))
         for bid, moved in outcomes:
             self._notify(bid, moved, move, at)
         return [bid for bid, moved in outcomes if moved.moved]
@@ -513,42 +742,31 @@ class SqlStore:
         at = now_ms()
         states = list(booking_in)
 
-        def op(conn: sqlite3.Connection) -> Moved:
-            row = conn.execute("SELECT state FROM bookings WHERE id = ?", (booking_id,)).fetchone()
-            if row is None or row[0] not in states:
-                return Moved(False, row[0] if row else None)
-            _change_payment(conn, booking_id, change, at)
-            return Moved(True, row[0])
-
-        return await self._writer.submit(op)
+        return await self._writer.submit(Call(_change_payment_in, (booking_id, change, states, at)))
 
     async def get_booking(self, booking_id: str) -> BookingRecord | None:
+        """The booking as last committed; concurrent calls share one query."""
+        return await self._bookings.get(booking_id, None)
+
+    async def _get_bookings(self, wanted: dict[str, None]) -> dict[str, BookingRecord]:
+        booking_ids = list(wanted)
+        # One row per seat, in seat order: the booking and its seats in one query.
         async with self._query(
-            f"SELECT {_BOOKING_COLUMNS} FROM bookings b"
-            " LEFT JOIN payments p ON p.booking_id = b.id WHERE b.id = ?",
-            (booking_id,),
+            f"SELECT {_BOOKING_COLUMNS}, bs.seat FROM bookings b"
+            " LEFT JOIN payments p ON p.booking_id = b.id"
+            " LEFT JOIN booking_seats bs ON bs.booking_id = b.id"
+            f" WHERE b.id IN ({_in(booking_ids)}) ORDER BY b.id, bs.pos",
+            booking_ids,
         ) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        async with self._query(
-            "SELECT seat FROM booking_seats WHERE booking_id = ? ORDER BY pos", (booking_id,)
-        ) as cur:
-            seats = [r[0] for r in await cur.fetchall()]
-        payment = PaymentRecord(*row[9:]) if row[11] is not None else None
-        return BookingRecord(
-            id=row[0],
-            flight_id=row[1],
-            user_id=row[2],
-            state=row[3],
-            seats=seats,
-            amount=row[4],
-            currency=row[5],
-            hold_expires_at=row[6],
-            created_at=row[7],
-            updated_at=row[8],
-            payment=payment,
-        )
+            rows = await cur.fetchall()
+        seats: dict[str, list[str]] = {}
+        first: dict[str, Any] = {}
+        for row in rows:
+            first.setdefault(row[0], row)
+            booked = seats.setdefault(row[0], [])
+            if row[15] is not None:
+                booked.append(row[15])
+        return {bid: _booking(row, seats[bid]) for bid, row in first.items()}
 
     async def unsettled_payments(
         self, deadline_before_ms: int, touched_before_ms: int, limit: int
@@ -640,83 +858,62 @@ class SqlStore:
         """
         at = now_ms()
 
-        def op(conn: sqlite3.Connection) -> ClaimResult:
-            row = conn.execute(
-                "SELECT k.fingerprint, k.status, k.body, k.started_at, k.owner, i.heartbeat_at"
-                " FROM idempotency_keys k LEFT JOIN instances i"
-                " ON i.id = substr(k.owner, 1, instr(k.owner, ':') - 1)"
-                " WHERE k.key = ?",
-                (key,),
-            ).fetchone()
-            if row is not None and row[3] >= at - ttl_ms:
-                stored_fp, status, body, _, holder, heartbeat = row
-                if bytes(stored_fp) != fingerprint:
-                    return ClaimResult(Claim.MISMATCH)
-                if status is not None:
-                    return ClaimResult(Claim.REPLAY, status, bytes(body))
-                if heartbeat is not None and heartbeat >= at - stale_ms:
-                    return ClaimResult(Claim.RUNNING)
-                del holder  # a dead holder's claim is taken over below
-            conn.execute(
-                "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, body,"
-                " started_at, owner) VALUES (?, ?, NULL, NULL, ?, ?)",
-                (key, fingerprint, at, owner),
-            )
-            return ClaimResult(Claim.NEW)
-
-        return await self._writer.submit(op)
+        return await self._writer.submit(
+            Call(_claim_key, (key, fingerprint, owner, at, stale_ms, ttl_ms))
+        )
 
     async def heartbeat(self, instance: str) -> None:
         at = now_ms()
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO instances (id, heartbeat_at) VALUES (?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                (instance, at),
+        await self._writer.submit(
+            Call(
+                _execute,
+                (
+                    "INSERT INTO instances (id, heartbeat_at) VALUES (?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                    (instance, at),
+                ),
             )
-
-        await self._writer.submit(op)
+        )
 
     async def retire(self, instance: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM instances WHERE id = ?", (instance,))
-
-        await self._writer.submit(op)
+        await self._writer.submit(
+            Call(_execute, ("DELETE FROM instances WHERE id = ?", (instance,)))
+        )
 
     async def complete_key(self, key: str, owner: str, status: int, body: bytes) -> bool:
         """Store the answer, if ``owner`` still holds the key; False if it was taken over."""
 
-        def op(conn: sqlite3.Connection) -> bool:
-            return (
-                conn.execute(
+        changed: int = await self._writer.submit(
+            Call(
+                _execute,
+                (
                     "UPDATE idempotency_keys SET status = ?, body = ?"
                     " WHERE key = ? AND owner = ? AND status IS NULL",
                     (status, body, key, owner),
-                ).rowcount
-                == 1
+                ),
             )
-
-        return await self._writer.submit(op)
+        )
+        return changed == 1
 
     async def release_key(self, key: str, owner: str) -> None:
         """Forget a key whose request failed unexpectedly, so that a retry runs again."""
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "DELETE FROM idempotency_keys WHERE key = ? AND owner = ? AND status IS NULL",
-                (key, owner),
+        await self._writer.submit(
+            Call(
+                _execute,
+                (
+                    "DELETE FROM idempotency_keys WHERE key = ? AND owner = ? AND status IS NULL",
+                    (key, owner),
+                ),
             )
-
-        await self._writer.submit(op)
+        )
 
     async def purge_keys(self, older_than_ms: int) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "DELETE FROM idempotency_keys WHERE started_at < ?", (older_than_ms,)
-            ).rowcount
-
-        return await self._writer.submit(op)
+        deleted: int = await self._writer.submit(
+            Call(_execute, ("DELETE FROM idempotency_keys WHERE started_at < ?", (older_than_ms,)))
+        )
+        return deleted
 
 
 def _fields(flight: NewFlight) -> dict[str, Any]:

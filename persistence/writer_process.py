@@ -1,0 +1,153 @@
+"""The SQL writer process: ``python -m persistence.writer_process <socket fd> <max batch>``.
+
+Started by :class:`persistence.writer.GroupCommitWriter`, never by hand. It reads requests
+from the socket, runs every operation that has arrived as one group commit, and answers the
+whole group in one write. It ends on ``close`` (after committing everything before it) or
+when the service's end of the socket closes (the service died): it never outlives it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from persistence.writer import COMMITTED, GroupApplier, connect, frame, sendable, unframe
+
+READ_SIZE = 1 << 20
+
+
+def _receive(sock: socket.socket, buffer: bytearray) -> bool:
+    """Wait for data, then take everything already sent; False once the service is gone."""
+    data = sock.recv(READ_SIZE)
+    if not data:
+        return False
+    buffer += data
+    sock.setblocking(False)
+    try:
+        while more := sock.recv(READ_SIZE):
+            buffer += more
+    except BlockingIOError:
+        pass
+    finally:
+        sock.setblocking(True)
+    return True
+
+
+def _answer(request: int, ok: bool, value: Any) -> bytes:
+    try:
+        return frame(request, (ok, value if ok else sendable(value)))
+    except Exception as exc:  # a result that does not pickle: a bug in that op, told to it
+        return frame(request, (False, RuntimeError(f"unpicklable result: {exc}")))
+
+
+def _group(applier: GroupApplier, batch: list[tuple[int, Any]]) -> bytes:
+    started = time.perf_counter()
+    committed = True
+    try:
+        results = applier.apply([op for _, op in batch])
+    except Exception as exc:  # the group did not commit: every caller hears why
+        committed = False
+        results = [(False, exc) for _ in batch]
+    seconds = time.perf_counter() - started
+    out = [
+        _answer(request, ok, value)
+        for (request, _), (ok, value) in zip(batch, results, strict=True)
+    ]
+    if committed:
+        out.append(frame(COMMITTED, (len(batch), seconds)))
+    return b"".join(out)
+
+
+def _load(request: int, payload: bytes) -> tuple[Any, ...]:
+    """A request as (request id, kind, *args); one that does not unpickle here becomes a
+    "bad" request, answered with the error, while the others run."""
+    try:
+        kind, *args = pickle.loads(payload)
+    except Exception as exc:
+        return (request, "bad", RuntimeError(f"the SQL writer cannot load this operation: {exc}"))
+    return (request, kind, *args)
+
+
+def serve(sock: socket.socket, max_batch: int) -> None:
+    buffer = bytearray()
+    pending: deque[tuple[Any, ...]] = deque()
+    applier: GroupApplier | None = None
+    conn: sqlite3.Connection | None = None
+    try:
+        while True:
+            if not pending:
+                if not _receive(sock, buffer):
+                    return
+                pending.extend(_load(r, p) for r, p in unframe(buffer))
+                continue
+            request, kind, *args = pending[0]
+            if kind == "op":
+                batch: list[tuple[int, Any]] = []
+                while pending and pending[0][1] == "op" and len(batch) < max_batch:
+                    request, _, op = pending.popleft()
+                    batch.append((request, op))
+                if applier is None:
+                    error = RuntimeError("the SQL writer has no open file")
+                    sock.sendall(b"".join(_answer(r, False, error) for r, _ in batch))
+                else:
+                    sock.sendall(_group(applier, batch))
+                continue
+            pending.popleft()
+            if kind == "bad":
+                sock.sendall(_answer(request, False, args[0]))
+            elif kind == "open":
+                path, init = args
+                try:
+                    conn = _open(Path(path), init)
+                except Exception as exc:
+                    sock.sendall(_answer(request, False, exc))
+                    return
+                applier = GroupApplier(conn)
+                sock.sendall(_answer(request, True, None))
+            elif kind == "close":
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                sock.sendall(_answer(request, True, None))
+                return
+            else:
+                sock.sendall(_answer(request, False, RuntimeError(f"unknown request {kind!r}")))
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _open(path: Path, init: Any) -> sqlite3.Connection:
+    conn = connect(path)
+    try:
+        init(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def main(argv: list[str]) -> int:
+    # The service decides when its writer stops (it commits what it queued first): a Ctrl+C
+    # or SIGTERM sent to the whole process group must not end the writer under it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[1]))
+    try:
+        serve(sock, int(argv[2]))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the service is gone; nobody is left to answer
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
