@@ -124,7 +124,7 @@ class Bookings:
     async def hold(self, req: HoldRequest) -> BookingRecord:
         flight = await self._flights.get(req.flight_id)
         if req.seats is not None:
-            unknown = [s for s in req.seats if s not in flight.seat_set]
+            unknown = [s for s in req.seats if not flight.has_seat(s)]
             if unknown:
                 raise ValidationError("Unknown seats for this flight", seats=unknown)
         booking_id = new_booking_id()

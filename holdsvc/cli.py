@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sqlite3
@@ -64,10 +65,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# A request allocates and frees hundreds of containers; with the default gen-0 threshold
+# (700) the collector ran ~90 times a second under load and every few seconds a full
+# collection walked all that start-up left behind: 170 ms pauses, the p99 of POST
+# /api/bookings/ (bench/RESULTS.md). Almost all of a request's objects die by refcount, so
+# a higher threshold rarely triggers, and what start-up built is frozen out of the scans.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+async def _tune_gc(app: web.Application) -> None:
+    gc.collect()  # start-up's garbage is freed, not frozen
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def serve(settings: Settings) -> None:
     app = create_app(settings)
     if settings.demo:
         app.cleanup_ctx.append(_demo_flight)
+    # After every start-up step (the cleanup contexts run first): their objects are frozen.
+    app.on_startup.append(_tune_gc)
     web.run_app(
         app,
         host=settings.host,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -16,6 +17,8 @@ from holdsvc.redis_client import PipelinedRedis
 from holdsvc.scripts import Scripts, UnknownScriptReply, load_scripts
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +83,29 @@ class HoldStore:
             await self.redis.aclose()
 
     async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await self._loaded(script, lambda: self._fast.execute(*command))
+
+    async def _eval_many(
+        self, script: AsyncScript, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """One script over many key sets, all in one write (the sweeper's probes)."""
+        if not calls:
+            return []
+        commands = [("EVALSHA", script.sha, len(ks), *ks, *args) for ks, args in calls]
+        return await self._loaded(script, lambda: self._fast.execute_many(commands))
+
+    async def _loaded(self, script: AsyncScript, run: Callable[[], Awaitable[T]]) -> T:
+        """``run()``; after a NOSCRIPT (SCRIPT FLUSH, a restarted Redis) load the script's
+        source and run it again, once."""
         try:
-            return await self._fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await run()
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        # SCRIPT FLUSH, or a restarted Redis: load the source again, then retry once.
         log.warning("Redis has no script %s (NOSCRIPT): loading it again", script.sha)
         await self._fast.execute("SCRIPT", "LOAD", script.script)
-        return await self._fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await run()
 
     async def raw_set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
         """A bare ``SET NX PX`` on the same client: the benchmark's ceiling for a hold."""
@@ -154,7 +171,7 @@ class HoldStore:
             return Confirm(reply)
         raise UnknownScriptReply("confirm_seats", reply)
 
-    async def release(self, flight_id: int, seats: list[str], booking_id: str) -> int:
+    async def release(self, flight_id: int, seats: Sequence[str], booking_id: str) -> int:
         reply = await self._eval(
             self._s.release_seats,
             [keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
@@ -173,12 +190,9 @@ class HoldStore:
 
     async def flights_with_due_holds(self, flight_ids: list[int]) -> list[int]:
         """Which of these flights have a hold past its deadline, in one round trip."""
-        if not flight_ids:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for flight_id in flight_ids:
-                await self._s.due_holds(keys=[keys.deadlines(flight_id)], args=[1], client=pipe)
-            replies = await pipe.execute()
+        replies = await self._eval_many(
+            self._s.due_holds, [([keys.deadlines(f)], [1]) for f in flight_ids]
+        )
         return [f for f, reply in zip(flight_ids, replies, strict=True) if reply]
 
     async def forget(self, flight_id: int, booking_ids: list[str]) -> None:
@@ -212,10 +226,7 @@ class HoldStore:
         if not flight_ids:
             return []
         # One GET per flight, not one MGET: each marker lives in its own flight's slot.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for flight_id in flight_ids:
-                pipe.get(keys.marker(flight_id))
-            values = await pipe.execute()
+        values = await self._fast.execute_many([("GET", keys.marker(f)) for f in flight_ids])
         wanted = run_id.encode()
         return [f for f, v in zip(flight_ids, values, strict=True) if v != wanted]
 
@@ -232,7 +243,7 @@ class HoldStore:
             for (booking_id, _), values in zip(bookings, replies, strict=True)
         ]
 
-    async def booked_values(self, flight_id: int, seats: list[str]) -> dict[str, str]:
+    async def booked_values(self, flight_id: int, seats: Sequence[str]) -> dict[str, str]:
         """seat -> booking id of every seat booked for good ("!" values) among ``seats``."""
         values = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
         return {
@@ -246,7 +257,7 @@ class HoldStore:
         info = await self.redis.info("server")
         return str(info.get("run_id", ""))
 
-    async def seat_values(self, flight_id: int, seats: list[str]) -> list[bytes | None]:
+    async def seat_values(self, flight_id: int, seats: Sequence[str]) -> list[bytes | None]:
         """The raw value of each seat key: None (free), a booking id (held), "!" + id (booked)."""
         values: list[bytes | None] = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
         return values
@@ -260,11 +271,11 @@ class HoldStore:
                 pipe.zcard(keys.deadlines(flight_id))
             return sum(await pipe.execute())
 
-    async def seat_statuses(self, flight_id: int, seats: list[str]) -> list[SeatStatus]:
+    async def seat_statuses(self, flight_id: int, seats: Sequence[str]) -> list[SeatStatus]:
         values = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
         return [_status(v) for v in values]
 
-    async def free_counts(self, flights: list[tuple[int, list[str]]]) -> list[int]:
+    async def free_counts(self, flights: list[tuple[int, Sequence[str]]]) -> list[int]:
         """Free seats of several flights in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for flight_id, seats in flights:

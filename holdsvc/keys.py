@@ -7,6 +7,8 @@ name's bytes are Redis memory multiplied by every seat on sale.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # Seat keys are ``{f:<id>}:<seat>``; seat names always start with a row digit, so they can never
 # collide with the one-letter suffixes of the flight's other keys below.
 _DEADLINES = "d"
@@ -20,7 +22,7 @@ def seat(flight_id: int, seat_name: str) -> str:
     return f"{{f:{flight_id}}}:{seat_name}"
 
 
-def seats(flight_id: int, seat_names: list[str]) -> list[str]:
+def seats(flight_id: int, seat_names: Sequence[str]) -> list[str]:
     prefix = f"{{f:{flight_id}}}:"
     return [prefix + s for s in seat_names]
 

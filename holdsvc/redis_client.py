@@ -16,7 +16,8 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 import hiredis
@@ -85,8 +86,8 @@ class _Connection(asyncio.Protocol):
         self.sent_at.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A duck-typed check: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -129,6 +130,18 @@ class PipelinedRedis:
         if conn is None or not conn.usable:
             conn = await self._connect()
         return await conn.send(args)
+
+    async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Many commands in one write, without a task or coroutine per command; replies in
+        order, and the first error raised once every reply is in."""
+        conn = self._conn
+        if conn is None or not conn.usable:
+            conn = await self._connect()
+        replies = await asyncio.gather(*[conn.send(c) for c in commands], return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
 
     async def _connect(self) -> _Connection:
         if self._closed:
