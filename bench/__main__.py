@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -115,6 +116,10 @@ def main() -> int:
                 if args.only and name not in args.only:
                     continue
                 _flush(server)
+                # Write back what earlier scenarios left dirty (a 20 MB SQLite file, the AOF,
+                # PostgreSQL's tables): otherwise this scenario's fsyncs wait behind it. Seen:
+                # lifecycle 1,414-1,450 confirms/s after the others, 2,224-2,258 alone.
+                os.sync()
                 t0 = time.monotonic()
                 print(f"{name:<12} running ...", end="\r", flush=True)
                 try:
