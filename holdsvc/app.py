@@ -4,13 +4,11 @@ in the order the service must start (and, reversed, stop)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from aiohttp import web
@@ -39,6 +37,7 @@ from holdsvc.restore import Restorer
 from holdsvc.scripts import load_scripts
 from holdsvc.settings import Settings
 from holdsvc.sweeper import run_sweeper, sweep_round
+from holdsvc.tasks import background
 from persistence.persister import Persister
 from persistence.sqlite_store import SqlStore, Transition, now_ms
 
@@ -255,7 +254,7 @@ async def _persister(app: web.Application) -> AsyncIterator[None]:
         on_subscribed=lambda: expirer.sweep("resubscribe"),
     )
     app[k.PERSISTER] = persister
-    async with _background(persister.run(), "persister"):
+    async with background(persister.run(), "persister"):
         await asyncio.wait_for(persister.subscribed.wait(), timeout=10)
         yield
 
@@ -271,7 +270,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     sweeper = run_sweeper(restorer, expirer, recovery, settings.sweep_interval, grace_ms)
-    async with _background(sweeper, "sweeper"):
+    async with background(sweeper, "sweeper"):
         yield
 
 
@@ -295,18 +294,6 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             except Exception as exc:
                 log.warning("housekeeping failed: %s", exc)
 
-    async with _background(beat(), "housekeeping"):
+    async with background(beat(), "housekeeping"):
         yield
     await store.retire(instance)
-
-
-@contextlib.asynccontextmanager
-async def _background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
-    """Run ``work`` as a task for the life of the block; cancel and await it on the way out."""
-    task = asyncio.create_task(work, name=name)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -40,6 +40,7 @@ from holdsvc.payments import Charge, MockGateway
 from holdsvc.restore import Restorer
 from holdsvc.settings import Settings
 from holdsvc.states import State, move, require
+from holdsvc.tasks import stop
 from persistence.sqlite_store import (
     BookingRecord,
     NewBooking,
@@ -189,9 +190,7 @@ class Bookings:
 
     async def close(self) -> None:
         """Stop background compensations (the hold's TTL frees what they did not)."""
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*(stop(t) for t in list(self._background)), return_exceptions=True)
 
     def _compensate(self, flight: Flight, booking_id: str) -> None:
         task = asyncio.create_task(self._release_unknown(flight, booking_id))
