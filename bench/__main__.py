@@ -209,7 +209,13 @@ def _headline(name: str, r: dict[str, Any]) -> str:
     fields = {
         "store_holds": ("holds_per_s", "raw_per_s", "ratio_vs_raw", "hold_p99_ms"),
         "peers": ("holdsvc_per_s", "postgres_per_s", "sqlite_per_s"),
-        "http_holds": ("holds_per_s", "noop_per_s", "ratio_vs_noop", "p99_ms"),
+        "http_holds": (
+            "holds_per_s",
+            "noop_per_s",
+            "ratio_vs_noop",
+            "bare_ratio_vs_noop",
+            "p99_ms",
+        ),
         "contention": ("holds_per_s", "refusals_per_s", "double_held"),
         "lifecycle": ("confirms_per_s", "commits_per_confirm", "p99_ms"),
         "expiry": ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "stuck"),

@@ -86,7 +86,7 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
     if shutil.which("wrk") is None:
         return {"skipped": "wrk is not installed (apt-get install wrk)"}
     db = workdir / "http.sqlite3"
-    hold_port, noop_port = free_port(), free_port()
+    hold_port, noop_port, bare_port = free_port(), free_port(), free_port()
     service = subprocess.Popen(
         [sys.executable, "-m", "holdsvc", "serve", "--redis-url", redis_url, "--db", str(db),
          "--data-dir", str(workdir), "--port", str(hold_port), "--log-level", "WARNING"],
@@ -96,9 +96,14 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
         [sys.executable, str(HERE / "noop_server.py"), str(noop_port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    bare = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_hold_server", str(bare_port), redis_url, str(flights)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=HERE.parent,
+    )  # fmt: skip
     try:
         _wait_listening(hold_port, service)
         _wait_listening(noop_port, noop)
+        _wait_listening(bare_port, bare)
         flight = (
             b'{"flight_number":"BX1","origin":"DEL","destination":"BOM",'
             b'"departure_time":"2026-12-01T09:30:00Z","rows":150,"seat_letters":"ABCDEFGHIJKL",'
@@ -110,9 +115,10 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
         ]
         assert ids == list(range(1, flights + 1)), ids
         noop_result = wrk(noop_port, seconds, 64, flights)
+        bare_result = wrk(bare_port, seconds, 64, flights)
         hold_result = wrk(hold_port, seconds, 64, flights)
     finally:
-        for proc in (service, noop):
+        for proc in (service, noop, bare):
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(20)
@@ -126,10 +132,14 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
         bookings = conn.execute("SELECT count(*) FROM bookings").fetchone()[0]
     holds_per_s = hold_result["ok_per_s"]
     noop_per_s = noop_result["ok_per_s"]
+    bare_per_s = bare_result["ok_per_s"]
     return {
         "holds_per_s": holds_per_s,
         "noop_per_s": noop_per_s,
         "ratio_vs_noop": round(holds_per_s / noop_per_s, 3) if noop_per_s else None,
+        # The anchor's endpoint (hold script only, no SQL): what the Redis hold costs over HTTP.
+        "bare_hold_per_s": bare_per_s,
+        "bare_ratio_vs_noop": round(bare_per_s / noop_per_s, 3) if noop_per_s else None,
         "p50_ms": hold_result["p50_ms"],
         "p99_ms": hold_result["p99_ms"],
         "noop_p99_ms": noop_result["p99_ms"],
@@ -140,4 +150,5 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
         "workers": 1,
         "hold": hold_result,
         "noop": noop_result,
+        "bare_hold": bare_result,
     }
