@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,41 @@ SMALL_FLIGHT = {
     "price": "100.00",
     "currency": "INR",
 }
+
+
+# pytest-timeout prints the threads' stacks when it kills a test; for a hang in async code
+# (a teardown waiting on a task) what matters is where each event-loop task waits. Printed
+# this long before the timeout, into the test's captured stderr.
+TASK_DUMP_BEFORE_TIMEOUT_S = 5.0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    marker = item.get_closest_marker("timeout")
+    timeout = float(marker.args[0] if marker and marker.args else item.config.getini("timeout"))
+    timer = None
+    if timeout > TASK_DUMP_BEFORE_TIMEOUT_S:
+        timer = threading.Timer(timeout - TASK_DUMP_BEFORE_TIMEOUT_S, _dump_tasks, [item.nodeid])
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _dump_tasks(nodeid: str) -> None:
+    lines = [f"--- {nodeid}: about to time out; event-loop tasks:"]
+    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]
+    for loop in loops:
+        if loop.is_closed() or not loop.is_running():
+            continue
+        for task in list(asyncio.all_tasks(loop)):
+            lines.append(f"{task!r}")
+            lines.extend("  " + line.rstrip() for f in task.get_stack() for line in
+                         traceback.format_stack(f, limit=1))  # fmt: skip
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 @pytest.fixture
