@@ -27,16 +27,20 @@ MakeClient = Callable[[Settings], Awaitable[Client]]
 
 
 async def hold_many(client: Client, flight_id: int, seats: list[str]) -> list[str]:
-    async def one(seat: str) -> str:
+    return await hold_groups(client, flight_id, [[s] for s in seats])
+
+
+async def hold_groups(client: Client, flight_id: int, groups: list[list[str]]) -> list[str]:
+    async def one(group: list[str]) -> str:
         resp = await client.post(
-            "/api/bookings/", json={"flight_id": flight_id, "user_id": "u", "seats": [seat]}
+            "/api/bookings/", json={"flight_id": flight_id, "user_id": "u", "seats": group}
         )
         assert resp.status == 201, await resp.text()
         return str((await resp.json())["id"])
 
     ids: list[str] = []
-    for start in range(0, len(seats), 100):
-        ids += await asyncio.gather(*(one(s) for s in seats[start : start + 100]))
+    for start in range(0, len(groups), 100):
+        ids += await asyncio.gather(*(one(g) for g in groups[start : start + 100]))
     return ids
 
 
@@ -192,3 +196,56 @@ async def test_expiry_bound_with_100k_unrelated_ttl_keys(
     assert lags[-1] <= 3000, f"max lag {lags[-1]} ms"
     free = await (await client.get(f"/api/flights/{flight['id']}/")).json()
     assert free["seats_available"] == 1000
+
+
+@pytest.mark.slow
+async def test_a_paused_persister_dropped_for_a_full_pubsub_buffer_catches_up(
+    make_client: MakeClient,
+    settings: Settings,
+    redis_server: EmbeddedRedis,
+    redis: Redis,
+    services: Callable[..., ServiceProcess],
+) -> None:
+    # failure scenario 15: the persister stops reading (SIGSTOP) while thousands of holds lapse;
+    # Redis drops the subscriber once its pub/sub output passes 64 kB. Seats are free
+    # throughout (the TTL is the hold), and after SIGCONT every hold ends EXPIRED once.
+    await redis.config_set("client-output-buffer-limit", "pubsub 64kb 32kb 1")
+    channel = "__keyevent@0__:expired"
+
+    async def subscribers() -> int:
+        return int(dict(await redis.pubsub_numsub(channel))[channel.encode()])
+
+    client = await make_client(
+        settings.replace(hold_ttl=1.0, persister_enabled=False, sweep_interval=0)
+    )
+    persister = services(
+        ["--redis-url", redis_server.url, "--db", str(settings.db_path)], command="persister"
+    )
+    await eventually(lambda: _true_when(subscribers(), 1), timeout=5)
+    flights = [
+        (await new_flight(client, rows=150, seat_letters="ABCDEFGHIJKL"))["id"] for _ in range(3)
+    ]
+    assert persister.proc is not None
+    persister.proc.send_signal(signal.SIGSTOP)
+    try:
+        # 1,275 holds of 4 seats: 5,100 expiry events, ~350 kB for a stopped reader.
+        row_seats = seats(1800, "ABCDEFGHIJKL")
+        groups = [row_seats[i : i + 4] for i in range(0, 1700, 4)]
+        ids: list[str] = []
+        for flight_id in flights:
+            ids += await hold_groups(client, flight_id, groups)
+        await eventually(lambda: _true_when(subscribers(), 0), timeout=15, interval=0.2)
+        # Nothing recorded them yet, and their seats can be held again at once.
+        assert not any(expiry_rows(settings.db_path, ids).values())
+        again = await hold_groups(client, flights[0], [row_seats[:4]])
+    finally:
+        persister.proc.send_signal(signal.SIGCONT)
+    # Within S + 5 s of running again (S = 1 s in the scenario); the hold taken again too.
+    await eventually(all_expired_once(settings.db_path, ids + again), timeout=6, interval=0.2)
+    await eventually(lambda: _true_when(subscribers(), 1), timeout=5)
+    persister.stop(signal.SIGTERM)
+    assert persister.proc.returncode == 0
+
+
+async def _true_when(value: Awaitable[int], wanted: int) -> bool:
+    return await value == wanted
