@@ -236,7 +236,7 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await bookings.close()
-        gateway.close()
+        await gateway.close()
 
 
 async def _persister(app: web.Application) -> AsyncIterator[None]:

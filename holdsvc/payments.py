@@ -70,8 +70,11 @@ class MockGateway:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="mock-gateway")
         self._charges: Coalescer[str, tuple[str, str, str], Charge] = Coalescer(self._charge_many)
 
-    def close(self) -> None:
-        self._thread.shutdown(wait=True)
+    async def close(self) -> None:
+        """Calls not started yet are dropped: at shutdown their callers are gone (a timeout
+        abandoned them), and recovery voids a charge whose outcome it does not know. The one
+        running is waited for off the event loop: it may sit in the ledger's busy timeout."""
+        await asyncio.to_thread(self._thread.shutdown, True, cancel_futures=True)
         # Under the lock: a call abandoned by its caller (a timeout) may still be running.
         with self._lock:
             self._conn.close()
