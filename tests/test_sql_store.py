@@ -22,6 +22,7 @@ from holdsvc.flights import Flights
 from holdsvc.settings import Settings
 from holdsvc.states import State, move
 from persistence.sqlite_store import (
+    BookingRecord,
     Moved,
     NewBooking,
     NewFlight,
@@ -246,6 +247,17 @@ async def test_concurrent_reads_each_get_their_own_booking(store: SqlStore) -> N
     assert (await store.transition("a", move(State.PAYMENT_PENDING, "pay"))).moved
     after = await store.get_booking("a")
     assert after is not None and after.state == "PAYMENT_PENDING"
+
+
+async def test_a_key_the_read_cannot_take_fails_only_its_own_caller(store: SqlStore) -> None:
+    flight = await store.create_flight(FLIGHT)
+    await store.insert_hold(booking("a", flight.id, ["1A"]), SUPERSEDE)
+    # A lone surrogate cannot be encoded for SQLite; it shares the turn's query with "a".
+    good, bad = await asyncio.gather(
+        store.get_booking("a"), store.get_booking("\udcff"), return_exceptions=True
+    )
+    assert isinstance(good, BookingRecord) and good.id == "a"
+    assert isinstance(bad, UnicodeEncodeError)
 
 
 async def test_overlapping_flight_listings_list_each_flight_once(store: SqlStore) -> None:
