@@ -5,7 +5,8 @@
 
 Starts its own Redis (free port) and SQLite files; PostgreSQL at --pg-dsn (skipped, with the
 reason, when unreachable). Load runs in worker processes, never in the harness's event loop.
-Writes bench/results/latest.json; exits 1 if any invariant was violated.
+Writes bench/results/latest.json (or --out); exits 1 if any invariant was violated, 2 if a
+scenario broke before its invariants could be checked.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from holdsvc.embedded_redis import EmbeddedRedis, find_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+SCENARIOS = ("store_holds", "peers", "http_holds", "contention", "lifecycle", "expiry", "memory")
 TARGETS: dict[str, tuple[str, str, float]] = {
     # scenario.metric: (comparison, label, bound)
     "store_holds.ratio_vs_raw": (">=", "ratio_vs_raw", 0.5),
@@ -68,7 +70,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="reduced suite, under 2 minutes")
     parser.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-server", default="auto", help="auto, bundled, or a path")
-    parser.add_argument("--only", nargs="*", help="run only these scenarios")
+    parser.add_argument(
+        "--only", nargs="*", choices=SCENARIOS, metavar="SCENARIO",
+        help=f"run only these scenarios ({', '.join(SCENARIOS)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "latest.json", help="where the JSON report goes"
+    )
     args = parser.parse_args()
     q = args.quick
     sizes = {
@@ -90,6 +98,7 @@ def main() -> int:
         "scenarios": {},
     }
     violations = 0
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="holdsvc-bench-") as tmp:
         work = Path(tmp)
         server = EmbeddedRedis(work / "redis", binary=find_binary(args.redis_server))
@@ -111,6 +120,7 @@ def main() -> int:
                     recovery.expiry_only, url, str(work), z["live_holds"], z["short_holds"])),
                 ("memory", lambda: in_worker(store.memory, url, z["memory_seats"])),
             ]  # fmt: skip
+            assert tuple(name for name, _ in plan) == SCENARIOS
             print(f"{'scenario':<12} {'result':<70} {'s':>6}", flush=True)
             for name, run in plan:
                 if args.only and name not in args.only:
@@ -126,6 +136,7 @@ def main() -> int:
                     result = run()
                 except Exception as exc:  # a scenario that breaks is reported, not hidden
                     result = {"error": f"{type(exc).__name__}: {exc}"}
+                    failed.append(name)
                 result["seconds"] = round(time.monotonic() - t0, 1)
                 bad = _violations(name, result)
                 result["invariant_violations"] = bad
@@ -139,13 +150,20 @@ def main() -> int:
     report["invariant_violations"] = violations
     report["targets"] = _targets(report["scenarios"])
     report["total_seconds"] = round(time.monotonic() - started, 1)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["failed"] = failed
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print()
     for key, verdict in report["targets"].items():
         print(f"  {key:<32} {verdict}")
-    print(f"\ninvariant violations: {violations}; written to {RESULTS / 'latest.json'}")
-    return 1 if violations else 0
+    print(f"\ninvariant violations: {violations}; written to {args.out}")
+    if violations:
+        return 1
+    if failed:
+        # Their invariants were never checked: not a pass.
+        print(f"scenarios that did not run to the end: {', '.join(failed)}")
+        return 2
+    return 0
 
 
 def _peers(redis_url: str, dsn: str, work: Path, sizes: dict[str, float]) -> dict[str, Any]:

@@ -1,0 +1,49 @@
+"""The benchmark harness itself runs, checks its invariants and writes its report (a few
+store scenarios of the quick suite; the full run's numbers live in bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_the_quick_harness_runs_checks_invariants_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    only = ["store_holds", "contention", "memory"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", *only, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=50, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["command"] == "python -m bench --quick"
+    assert report["invariant_violations"] == 0 and report["failed"] == []
+    runs = report["scenarios"]
+    assert list(runs) == only
+    store = runs["store_holds"]
+    assert store["holds_per_s"] > 0 and store["raw_per_s"] > 0
+    assert store["ratio_vs_raw"] == round(store["holds_per_s"] / store["raw_per_s"], 3)
+    assert 0 < store["hold_p50_ms"] <= store["hold_p99_ms"]
+    contention = runs["contention"]
+    assert contention["double_held"] == 0
+    assert contention["holds_per_s"] > 0 and contention["refusals_per_s"] > 0
+    assert 0 < runs["memory"]["bytes_per_held_seat"] < 1000
+    assert report["targets"]["store_holds.ratio_vs_raw"].startswith(str(store["ratio_vs_raw"]))
+    assert report["targets"]["peers.ratio_vs_postgres"] == "not measured"
+    assert "invariant violations: 0" in proc.stdout
+
+
+def test_an_unknown_scenario_is_refused() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "nope"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "invalid choice: 'nope'" in proc.stderr
