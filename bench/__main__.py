@@ -196,6 +196,11 @@ def _violations(name: str, r: dict[str, Any]) -> int:
         return 0
     if name == "contention":
         return int(r["double_held"])
+    if name == "store_holds":
+        # Every hold and every SET is on seats nobody else asked for: a refusal is a bug.
+        return int(r["hold_refused"]) + int(r["raw_refused"])
+    if name == "peers":
+        return sum(int(p.get("wrong_holders", 0)) for p in r.values() if isinstance(p, dict))
     if name in ("http_holds", "lifecycle"):
         bad = int(r.get("double_booked_seats", 0))
         if name == "lifecycle":

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from redis.asyncio import Redis
 
 from bench.common import closed_loop
 from bench.store import SEATS, TTL_MS, _mark_flights, _store
@@ -31,12 +34,17 @@ def workload(n: int, seed: int = 1) -> list[tuple[int, list[str]]]:
     return attempts
 
 
-def _result(load: Any, concurrency: int) -> dict[str, Any]:
+def _result(
+    load: Any, concurrency: int, won: dict[str, int], holders: Counter[str]
+) -> dict[str, Any]:
     return {
         "attempts_per_s": round(load.rate("held", "refused")),
         "held_per_s": round(load.rate("held")),
         "concurrency": concurrency,
         **load.summary(),
+        # All or nothing: every winner holds all its seats and a loser none (a holder whose
+        # count of seats differs from what it won, either way, is one violation).
+        "wrong_holders": sum(1 for h in set(won) | set(holders) if won.get(h) != holders[h]),
     }
 
 
@@ -45,15 +53,25 @@ def holdsvc_peer(url: str, seconds: float, max_calls: int) -> dict[str, Any]:
         holds = await _store(url)
         await _mark_flights(holds, range(1, FLIGHTS + 1))
         attempts = workload(max_calls)
+        won: dict[str, int] = {}
 
         async def attempt(n: int) -> str:
             flight, seats = attempts[n]
             result = await holds.hold(flight, seats, f"p{n}", TTL_MS)
-            return "held" if isinstance(result, Held) else "refused"
+            if isinstance(result, Held):
+                won[f"p{n}"] = len(seats)
+                return "held"
+            return "refused"
 
         load = await closed_loop(attempt, CONCURRENCY, seconds, max_calls)
         await holds.close()
-        return _result(load, CONCURRENCY)
+        holders: Counter[str] = Counter()
+        async with Redis.from_url(url, decode_responses=True) as redis:
+            keys = [k async for k in redis.scan_iter(match="{f:*}:[0-9]*", count=10_000)]
+            for start in range(0, len(keys), 10_000):
+                values = await redis.mget(keys[start : start + 10_000])
+                holders.update(str(v) for v in values if v is not None)
+        return _result(load, CONCURRENCY, won, holders)
 
     return asyncio.run(run())
 
@@ -85,6 +103,7 @@ def postgres_peer(dsn: str, seconds: float, max_calls: int, pool: int) -> dict[s
         finally:
             await conn.close()
         attempts = workload(max_calls)
+        won: dict[str, int] = {}
         async with asyncpg.create_pool(dsn, min_size=pool, max_size=pool) as db:
 
             async def attempt(n: int) -> str:
@@ -105,10 +124,15 @@ def postgres_peer(dsn: str, seconds: float, max_calls: int, pool: int) -> dict[s
                         seats,
                         f"p{n}",
                     )
-                    return "held"
+                won[f"p{n}"] = len(seats)  # committed
+                return "held"
 
             load = await closed_loop(attempt, CONCURRENCY, seconds, max_calls)
-        return {**_result(load, CONCURRENCY), "pool": pool}
+            rows = await db.fetch(
+                "SELECT holder, count(*) FROM bench_seats WHERE holder IS NOT NULL GROUP BY holder"
+            )
+        holders = Counter({str(r[0]): int(r[1]) for r in rows})
+        return {**_result(load, CONCURRENCY, won, holders), "pool": pool}
 
     return asyncio.run(run())
 
@@ -133,6 +157,7 @@ def sqlite_peer(path: str, seconds: float, max_calls: int) -> dict[str, Any]:
             )
             await db.execute("COMMIT")
             attempts = workload(max_calls)
+            won: dict[str, int] = {}
             lock = asyncio.Lock()  # one connection: one transaction at a time
 
             async def attempt(n: int) -> str:
@@ -154,11 +179,16 @@ def sqlite_peer(path: str, seconds: float, max_calls: int) -> dict[str, Any]:
                             f" WHERE flight_id = ? AND seat IN ({marks})",
                             (f"p{n}", time.time() + 600, flight, *seats),
                         )
-                        return "held"
                     finally:
                         await db.execute("COMMIT")
+                won[f"p{n}"] = len(seats)  # committed
+                return "held"
 
             load = await closed_loop(attempt, CONCURRENCY, seconds, max_calls)
-        return _result(load, CONCURRENCY)
+            cur = await db.execute(
+                "SELECT holder, count(*) FROM seats WHERE holder IS NOT NULL GROUP BY holder"
+            )
+            holders = Counter({str(h): int(c) for h, c in await cur.fetchall()})
+        return _result(load, CONCURRENCY, won, holders)
 
     return asyncio.run(run())

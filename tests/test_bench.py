@@ -1,5 +1,6 @@
-"""The benchmark harness itself runs, checks its invariants and writes its report (a few
-store scenarios of the quick suite; the full run's numbers live in bench/RESULTS.md)."""
+"""The benchmark harness itself runs, checks its invariants and writes its report (the
+scenarios of the quick suite that need neither wrk nor a served holdsvc; the full run's
+numbers live in bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_the_quick_harness_runs_checks_invariants_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
-    only = ["store_holds", "contention", "memory"]
+    only = ["store_holds", "peers", "contention", "memory"]
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", *only, "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=50, check=False,
@@ -31,12 +32,17 @@ def test_the_quick_harness_runs_checks_invariants_and_reports(tmp_path: Path) ->
     assert store["holds_per_s"] > 0 and store["raw_per_s"] > 0
     assert store["ratio_vs_raw"] == round(store["holds_per_s"] / store["raw_per_s"], 3)
     assert 0 < store["hold_p50_ms"] <= store["hold_p99_ms"]
+    peers = runs["peers"]
+    for peer in ("holdsvc", "sqlite"):
+        assert peers[peer]["wrong_holders"] == 0 and peers[peer]["attempts_per_s"] > 0
+    # PostgreSQL runs when reachable, and is reported skipped, with the reason, when not.
+    assert peers["postgres"].get("wrong_holders") == 0 or peers["postgres"]["skipped"]
     contention = runs["contention"]
     assert contention["double_held"] == 0
     assert contention["holds_per_s"] > 0 and contention["refusals_per_s"] > 0
     assert 0 < runs["memory"]["bytes_per_held_seat"] < 1000
     assert report["targets"]["store_holds.ratio_vs_raw"].startswith(str(store["ratio_vs_raw"]))
-    assert report["targets"]["peers.ratio_vs_postgres"] == "not measured"
+    assert report["targets"]["http_holds.ratio_vs_noop"] == "not measured"
     assert "invariant violations: 0" in proc.stdout
 
 
