@@ -50,39 +50,27 @@ class Coalescer(Generic[K, A, V]):
         keys = list(waiting)
         for start in range(0, len(keys), MAX_KEYS):
             chunk = {k: waiting[k] for k in keys[start : start + MAX_KEYS]}
-            self._start(chunk, {k: args[k] for k in chunk})
-
-    def _start(self, waiting: dict[K, list[asyncio.Future[V | None]]], args: dict[K, A]) -> None:
-        task = asyncio.get_running_loop().create_task(self._answer(waiting, args))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+            task = asyncio.get_running_loop().create_task(
+                self._answer(chunk, {k: args[k] for k in chunk})
+            )
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _answer(
         self, waiting: dict[K, list[asyncio.Future[V | None]]], args: dict[K, A]
     ) -> None:
         try:
             found = await self._fetch(args)
-        except Exception as exc:
-            if len(waiting) > 1:
-                # One key the query cannot take (a string SQLite cannot encode) must not fail
-                # every other caller of the turn: each key again, alone.
-                for key, futures in waiting.items():
-                    self._start({key: futures}, {key: args[key]})
-                return
-            _fail(waiting, exc)
-            return
         except BaseException as exc:
-            _fail(waiting, exc)
-            raise
+            for futures in waiting.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
         for key, futures in waiting.items():
             value = found.get(key)
             for future in futures:
                 if not future.done():
                     future.set_result(value)
-
-
-def _fail(waiting: dict[K, list[asyncio.Future[V | None]]], exc: BaseException) -> None:
-    for futures in waiting.values():
-        for future in futures:
-            if not future.done():
-                future.set_exception(exc)

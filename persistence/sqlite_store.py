@@ -746,6 +746,10 @@ class SqlStore:
 
     async def get_booking(self, booking_id: str) -> BookingRecord | None:
         """The booking as last committed; concurrent calls share one query."""
+        if not booking_id.isascii():
+            # No booking id is (bookings.new_booking_id), and a string SQLite cannot encode
+            # (a lone surrogate) would fail every other read sharing the query.
+            return None
         return await self._bookings.get(booking_id, None)
 
     async def _get_bookings(self, wanted: dict[str, None]) -> dict[str, BookingRecord]:
