@@ -46,20 +46,24 @@ SMALL_FLIGHT = {
 TASK_DUMP_BEFORE_TIMEOUT_S = 5.0
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    marker = item.get_closest_marker("timeout")
-    timeout = float(marker.args[0] if marker and marker.args else item.config.getini("timeout"))
-    timer = None
+_DUMP_TIMERS: dict[str, threading.Timer] = {}
+
+
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """Beside pytest-timeout's own timer (returning None lets it set that), with the timeout
+    it resolved from the ini, --timeout and markers."""
+    timeout = float(settings.timeout or 0)
     if timeout > TASK_DUMP_BEFORE_TIMEOUT_S:
         timer = threading.Timer(timeout - TASK_DUMP_BEFORE_TIMEOUT_S, _dump_tasks, [item.nodeid])
         timer.daemon = True
         timer.start()
-    try:
-        yield
-    finally:
-        if timer is not None:
-            timer.cancel()
+        _DUMP_TIMERS[item.nodeid] = timer
+
+
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    timer = _DUMP_TIMERS.pop(item.nodeid, None)
+    if timer is not None:
+        timer.cancel()
 
 
 def _dump_tasks(nodeid: str) -> None:
