@@ -1,12 +1,12 @@
 """The benchmark harness: holdsvc next to its peers, side by side in one run.
 
     python -m bench            the full suite
-    python -m bench --quick    a reduced one (under 2 minutes here)
+    python -m bench --quick    a reduced one (under a minute here)
 
 Starts its own Redis (free port) and SQLite files; PostgreSQL at --pg-dsn (skipped, with the
 reason, when unreachable). Load runs in worker processes, never in the harness's event loop.
-Writes bench/results/latest.json (or --out); exits 1 if any invariant was violated, 2 if a
-scenario broke before its invariants could be checked.
+Writes bench/results/latest.json (or --out); exits 1 if any invariant was violated, 3 if a
+scenario broke before its invariants could be checked (2 is argparse's bad usage).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def pg_reachable(dsn: str) -> str | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="reduced suite, under 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="reduced suite, under a minute here")
     parser.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-server", default="auto", help="auto, bundled, or a path")
     parser.add_argument(
@@ -162,7 +162,7 @@ def main() -> int:
     if failed:
         # Their invariants were never checked: not a pass.
         print(f"scenarios that did not run to the end: {', '.join(failed)}")
-        return 2
+        return 3
     return 0
 
 
