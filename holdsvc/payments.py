@@ -75,8 +75,7 @@ class MockGateway:
         abandoned them), and recovery voids a charge whose outcome it does not know. The one
         running is waited for off the event loop: it may sit in the ledger's busy timeout."""
         await asyncio.to_thread(self._thread.shutdown, True, cancel_futures=True)
-        # Under the lock: a call abandoned by its caller (a timeout) may still be running.
-        with self._lock:
+        with self._lock:  # the direct readers (captured_unrefunded) take it too
             self._conn.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
