@@ -227,19 +227,7 @@ def _change_payment(
     conn: sqlite3.Connection, booking_id: str, change: PaymentChange, at: int
 ) -> None:
     if change.expect is None:
-        conn.execute(
-            _INSERT_PAYMENT,
-            (
-                booking_id,
-                change.payment_id,
-                change.method,
-                change.status,
-                change.amount,
-                change.currency,
-                change.idem_key,
-                at,
-            ),
-        )
+        conn.execute(_INSERT_PAYMENT, _payment_row(booking_id, change, at))
         return
     expect = list(change.expect)
     updated = conn.execute(
@@ -390,30 +378,10 @@ def _create_flight(conn: sqlite3.Connection, flight: NewFlight, at: int) -> int:
     return cur.lastrowid
 
 
-def _transition(
-    conn: sqlite3.Connection,
-    booking_id: str,
-    move: Move,
-    at: int,
-    payment: PaymentChange | None,
-    hold_expires_at: int | None,
-) -> Moved:
-    moved = _move(conn, booking_id, move, at)
-    if moved.moved:
-        if payment is not None:
-            _change_payment(conn, booking_id, payment, at)
-        if hold_expires_at is not None:
-            conn.execute(
-                "UPDATE bookings SET hold_expires_at = ? WHERE id = ?",
-                (hold_expires_at, booking_id),
-            )
-    return moved
-
-
 class _Transition(BatchOp):
     """One booking's compare-and-set. Transitions queued together (a burst of pays and
     confirms) run as one statement per table; if any of them would not move, or would trip
-    a check, they all run alone through ``_transition``, which says why."""
+    a check, they all run alone through ``__call__``, which says why."""
 
     def __init__(
         self,
@@ -435,9 +403,16 @@ class _Transition(BatchOp):
         )  # fmt: skip
 
     def __call__(self, conn: sqlite3.Connection) -> Moved:
-        return _transition(
-            conn, self.booking_id, self.move, self.at, self.payment, self.hold_expires_at
-        )
+        moved = _move(conn, self.booking_id, self.move, self.at)
+        if moved.moved:
+            if self.payment is not None:
+                _change_payment(conn, self.booking_id, self.payment, self.at)
+            if self.hold_expires_at is not None:
+                conn.execute(
+                    "UPDATE bookings SET hold_expires_at = ? WHERE id = ?",
+                    (self.hold_expires_at, self.booking_id),
+                )
+        return moved
 
     @classmethod
     def run_batch(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[Any]:
@@ -476,9 +451,13 @@ class _Transition(BatchOp):
         freed = [(op.booking_id,) for op in batch if not op.move.seats_live]
         if freed:
             conn.executemany("UPDATE booking_seats SET live = 0 WHERE booking_id = ?", freed)
-        new = [op for op in batch if op.payment is not None and op.payment.expect is None]
+        new = [
+            _payment_row(op.booking_id, op.payment, op.at)
+            for op in batch
+            if op.payment is not None and op.payment.expect is None
+        ]
         if new:
-            conn.executemany(_INSERT_PAYMENT, [_payment_row(op) for op in new])
+            conn.executemany(_INSERT_PAYMENT, new)
         changes = [op for op in batch if op.payment is not None and op.payment.expect is not None]
         if changes:
             changed = conn.executemany(
@@ -499,12 +478,8 @@ class _RunAlone(Exception):
     """A batch of transitions that must run one by one instead."""
 
 
-def _payment_row(op: _Transition) -> tuple[Any, ...]:
-    c = op.payment
-    assert c is not None
-    return (
-        op.booking_id, c.payment_id, c.method, c.status, c.amount, c.currency, c.idem_key, op.at,
-    )  # fmt: skip
+def _payment_row(booking_id: str, c: PaymentChange, at: int) -> tuple[Any, ...]:
+    return (booking_id, c.payment_id, c.method, c.status, c.amount, c.currency, c.idem_key, at)
 
 
 def _payment_change_row(op: _Transition) -> tuple[Any, ...]:
