@@ -13,7 +13,7 @@ from aiohttp import web
 from bench.common import closed_loop
 from holdsvc import appkeys as k
 from holdsvc.app import create_app
-from holdsvc.bookings import HoldRequest, PayOutcome
+from holdsvc.domain.bookings import HoldRequest, PayOutcome
 from holdsvc.settings import Settings
 from persistence.sqlite_store import NewFlight
 

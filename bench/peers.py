@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from bench.common import closed_loop
 from bench.store import SEATS, TTL_MS, _mark_flights, _store
-from holdsvc.holds import Held
+from holdsvc.seats.holds import Held
 
 FLIGHTS = 2000
 CONCURRENCY = 64

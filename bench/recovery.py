@@ -24,10 +24,10 @@ from redis.asyncio import Redis
 
 from holdsvc import appkeys as k
 from holdsvc.app import create_app
-from holdsvc.bookings import HoldRequest
+from holdsvc.domain.bookings import HoldRequest
+from holdsvc.domain.states import State, move
 from holdsvc.embedded_redis import EmbeddedRedis, find_binary
 from holdsvc.settings import Settings
-from holdsvc.states import State, move
 from persistence.sqlite_store import NewBooking, NewFlight, now_ms
 
 LETTERS = "ABCDEFGHIJKL"

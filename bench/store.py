@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 from bench.common import closed_loop
-from holdsvc.holds import Held, HoldStore, NotRestored, Taken, connect_hold_store
+from holdsvc.seats.holds import Held, HoldStore, NotRestored, Taken, connect_hold_store
 
 LETTERS = "ABCDEF"
 ROWS = 30

@@ -17,14 +17,15 @@ from urllib.parse import urlparse
 
 import orjson
 
-from holdsvc import keys, requests
 from holdsvc.app import EMBEDDED_URL_FILE
-from holdsvc.errors import DomainError
-from holdsvc.flights import Flights
-from holdsvc.holds import HoldStore, connect_hold_store
-from holdsvc.restore import Restorer
+from holdsvc.domain.errors import DomainError
+from holdsvc.domain.flights import Flights
+from holdsvc.domain.restore import Restorer
+from holdsvc.domain.states import HOLDING, State
+from holdsvc.http import bodies
+from holdsvc.seats import keys
+from holdsvc.seats.holds import HoldStore, connect_hold_store
 from holdsvc.settings import Settings
-from holdsvc.states import HOLDING, State
 from persistence.sqlite_store import SqlStore
 
 # A difference seen twice this far apart is real; once, it may be a hold between its Redis
@@ -143,7 +144,7 @@ async def flights_create(settings: Settings, args: argparse.Namespace) -> int:
         }
     )
     try:
-        new = requests.flight_from(requests.decode(body, "application/json", requests.FlightIn))
+        new = bodies.flight_from(bodies.decode(body, "application/json", bodies.FlightIn))
     except DomainError as exc:
         raise AdminError(exc.message) from exc
     async with _open(settings, create=True) as h:

@@ -16,27 +16,27 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from holdsvc import appkeys as k
-from holdsvc.api import add_routes
-from holdsvc.bookings import Bookings
+from holdsvc.domain.bookings import Bookings
+from holdsvc.domain.expiry import Expirer
+from holdsvc.domain.flights import Flights
+from holdsvc.domain.recovery import PaymentRecovery
+from holdsvc.domain.restore import Restorer
+from holdsvc.domain.sweeper import run_sweeper, sweep_round
 from holdsvc.embedded_redis import EmbeddedRedis, answers_ping, find_binary
-from holdsvc.expiry import Expirer
-from holdsvc.flights import Flights
-from holdsvc.holds import HoldStore
-from holdsvc.metrics import CONTENT_TYPE, Metrics
-from holdsvc.middleware import (
+from holdsvc.gateway import MockGateway
+from holdsvc.http.middleware import (
     HEARTBEAT_EVERY_S,
     access_middleware,
     errors_middleware,
     idempotency_middleware,
 )
-from holdsvc.openapi import add_docs
-from holdsvc.payments import MockGateway
-from holdsvc.recovery import PaymentRecovery
-from holdsvc.redis_client import PipelinedRedis
-from holdsvc.restore import Restorer
-from holdsvc.scripts import load_scripts
+from holdsvc.http.openapi import add_docs
+from holdsvc.http.routes import add_routes
+from holdsvc.metrics import CONTENT_TYPE, Metrics
+from holdsvc.seats.holds import HoldStore
+from holdsvc.seats.redis_client import PipelinedRedis
+from holdsvc.seats.scripts import load_scripts
 from holdsvc.settings import Settings
-from holdsvc.sweeper import run_sweeper, sweep_round
 from holdsvc.tasks import background
 from persistence.persister import Persister
 from persistence.sqlite_store import SqlStore, Transition, now_ms

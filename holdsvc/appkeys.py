@@ -5,14 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
-from holdsvc.bookings import Bookings
-from holdsvc.expiry import Expirer
-from holdsvc.flights import Flights
-from holdsvc.holds import HoldStore
+from holdsvc.domain.bookings import Bookings
+from holdsvc.domain.expiry import Expirer
+from holdsvc.domain.flights import Flights
+from holdsvc.domain.recovery import PaymentRecovery
+from holdsvc.domain.restore import Restorer
+from holdsvc.gateway import MockGateway
 from holdsvc.metrics import Metrics
-from holdsvc.payments import MockGateway
-from holdsvc.recovery import PaymentRecovery
-from holdsvc.restore import Restorer
+from holdsvc.seats.holds import HoldStore
 from holdsvc.settings import Settings
 from persistence.persister import Persister
 from persistence.sqlite_store import SqlStore

@@ -17,7 +17,7 @@ from holdsvc import admin, logs
 from holdsvc import appkeys as k
 from holdsvc.app import StartupError, create_app
 from holdsvc.embedded_redis import EmbeddedRedisError
-from holdsvc.scripts import ScriptLoadError
+from holdsvc.seats.scripts import ScriptLoadError
 from holdsvc.settings import Settings
 from persistence.sqlite_store import NewFlight
 

@@ -136,7 +136,7 @@ class Settings:
             raise ValueError("sweep-interval must be 0 (off) to 1 second")
         if self.reconcile_grace < 0:
             raise ValueError("reconcile-grace must not be negative")
-        from holdsvc.faults import POINTS
+        from holdsvc.domain.faults import POINTS
 
         if self.fault and self.fault not in POINTS:
             raise ValueError(f"HOLDSVC_FAULT must be one of {', '.join(POINTS)}")

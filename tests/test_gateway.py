@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from holdsvc.payments import MockGateway
+from holdsvc.gateway import MockGateway
 
 
 async def test_concurrent_charges_of_one_reference_take_money_once(tmp_path: Path) -> None:

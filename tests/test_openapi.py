@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from holdsvc.api import ENDPOINTS
 from holdsvc.embedded_redis import EmbeddedRedis
+from holdsvc.http.routes import ENDPOINTS
 from tests.conftest import SMALL_FLIGHT, ServiceProcess
 
 Client = TestClient[Any, Any]

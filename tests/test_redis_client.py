@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from holdsvc.embedded_redis import EmbeddedRedis
-from holdsvc.redis_client import PipelinedRedis
+from holdsvc.seats.redis_client import PipelinedRedis
 from tests.conftest import eventually, new_flight, seat_map
 
 Client = TestClient[Any, Any]

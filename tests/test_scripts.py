@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from holdsvc.scripts import LUA_DIR, NAMES, ScriptLoadError, load_scripts
+from holdsvc.seats.scripts import LUA_DIR, NAMES, ScriptLoadError, load_scripts
 from tests.conftest import hold, new_flight, seat_map
 
 Client = TestClient[Any, Any]

@@ -9,9 +9,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from holdsvc import keys
 from holdsvc.appkeys import GATEWAY, HOLDS, RECOVERY, RESTORER, STORE
-from holdsvc.states import State, move
+from holdsvc.domain.states import State, move
+from holdsvc.seats import keys
 from persistence.sqlite_store import PaymentChange
 from tests.conftest import hold, new_flight, seat_map
 

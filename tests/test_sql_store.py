@@ -18,9 +18,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from holdsvc.appkeys import STORE
-from holdsvc.flights import Flights
+from holdsvc.domain.flights import Flights
+from holdsvc.domain.states import State, move
 from holdsvc.settings import Settings
-from holdsvc.states import State, move
 from persistence.sqlite_store import (
     Moved,
     NewBooking,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from holdsvc.domain.states import TRANSITIONS, State
 from holdsvc.settings import Settings
-from holdsvc.states import TRANSITIONS, State
 from tests.conftest import eventually, hold, new_flight, seat_map
 
 Client = TestClient[Any, Any]

@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from holdsvc.appkeys import IDEMPOTENCY_KEY, INSTANCE_ID, METRICS, REQUEST_ID, SETTINGS, STORE
-from holdsvc.errors import Conflict, IdempotencyMismatch, ValidationError
-from holdsvc.responses import error_response, redis_unavailable
+from holdsvc.domain.errors import Conflict, IdempotencyMismatch, ValidationError
+from holdsvc.http.views import error_response, redis_unavailable
 from persistence.sqlite_store import Claim
 
 log = logging.getLogger(__name__)

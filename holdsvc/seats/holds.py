@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from holdsvc import keys
-from holdsvc.redis_client import PipelinedRedis
-from holdsvc.scripts import Scripts, UnknownScriptReply, load_scripts
+from holdsvc.seats import keys
+from holdsvc.seats.redis_client import PipelinedRedis
+from holdsvc.seats.scripts import Scripts, UnknownScriptReply, load_scripts
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Annotated, TypeVar
 import msgspec
 from msgspec import Meta
 
-from holdsvc.bookings import HoldRequest
-from holdsvc.errors import UnsupportedMediaType, ValidationError
-from holdsvc.payments import DEFAULT_METHOD
+from holdsvc.domain.bookings import HoldRequest
+from holdsvc.domain.errors import UnsupportedMediaType, ValidationError
+from holdsvc.gateway import DEFAULT_METHOD
 from persistence.sqlite_store import NewFlight
 
 MAX_ROWS = 150

@@ -12,9 +12,9 @@ import asyncio
 import logging
 import time
 
-from holdsvc.expiry import Expirer
-from holdsvc.recovery import PaymentRecovery
-from holdsvc.restore import Restorer
+from holdsvc.domain.expiry import Expirer
+from holdsvc.domain.recovery import PaymentRecovery
+from holdsvc.domain.restore import Restorer
 
 log = logging.getLogger(__name__)
 

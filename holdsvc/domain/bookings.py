@@ -24,7 +24,7 @@ from enum import Enum
 
 from redis.exceptions import RedisError
 
-from holdsvc.errors import (
+from holdsvc.domain.errors import (
     Conflict,
     InvalidTransition,
     NotFound,
@@ -32,14 +32,14 @@ from holdsvc.errors import (
     Unavailable,
     ValidationError,
 )
-from holdsvc.faults import crash_point
-from holdsvc.flights import Flight, Flights
-from holdsvc.holds import Confirm, Held, HoldStore, NotEnough, NotRestored, Taken
+from holdsvc.domain.faults import crash_point
+from holdsvc.domain.flights import Flight, Flights
+from holdsvc.domain.restore import Restorer
+from holdsvc.domain.states import State, move, require
+from holdsvc.gateway import Charge, MockGateway
 from holdsvc.metrics import Metrics
-from holdsvc.payments import Charge, MockGateway
-from holdsvc.restore import Restorer
+from holdsvc.seats.holds import Confirm, Held, HoldStore, NotEnough, NotRestored, Taken
 from holdsvc.settings import Settings
-from holdsvc.states import State, move, require
 from holdsvc.tasks import stop
 from persistence.sqlite_store import (
     BookingRecord,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from holdsvc.errors import NotFound
+from holdsvc.domain.errors import NotFound
 from persistence.sqlite_store import FlightRecord, NewFlight, SqlStore
 
 _SEAT = re.compile(r"([1-9][0-9]{0,2})([A-Z])")

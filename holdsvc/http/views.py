@@ -12,9 +12,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from holdsvc.errors import DomainError
-from holdsvc.flights import Flight
-from holdsvc.states import HOLDING
+from holdsvc.domain.errors import DomainError
+from holdsvc.domain.flights import Flight
+from holdsvc.domain.states import HOLDING
 from persistence.sqlite_store import BookingRecord
 from persistence.writer import WriterClosed
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from holdsvc.flights import Flights
-from holdsvc.holds import HoldStore
-from holdsvc.states import ENDED, HOLDING, State, move
+from holdsvc.domain.flights import Flights
+from holdsvc.domain.states import ENDED, HOLDING, State, move
+from holdsvc.seats.holds import HoldStore
 from persistence.sqlite_store import SqlStore
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from holdsvc import keys
-from holdsvc.flights import Flights
-from holdsvc.holds import HoldStore
-from holdsvc.states import State, move
+from holdsvc.domain.flights import Flights
+from holdsvc.domain.states import State, move
+from holdsvc.seats import keys
+from holdsvc.seats.holds import HoldStore
 from persistence.sqlite_store import SqlStore, now_ms
 
 log = logging.getLogger(__name__)

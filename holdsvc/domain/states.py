@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from holdsvc.errors import InvalidTransition
+from holdsvc.domain.errors import InvalidTransition
 from persistence.sqlite_store import Move
 
 

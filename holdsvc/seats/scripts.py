@@ -16,7 +16,7 @@ from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+LUA_DIR = Path(__file__).resolve().parent.parent.parent / "lua"
 NAMES = (
     "hold_seats",
     "hold_best",

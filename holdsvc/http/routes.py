@@ -10,7 +10,6 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from holdsvc import requests, schemas
 from holdsvc.appkeys import (
     BOOKINGS,
     FLIGHTS,
@@ -21,10 +20,11 @@ from holdsvc.appkeys import (
     SETTINGS,
     STORE,
 )
-from holdsvc.bookings import PayOutcome
-from holdsvc.errors import NotFound
-from holdsvc.requests import EmptyIn, FlightIn, HoldIn, PayIn
-from holdsvc.responses import booking_view, flight_view, json_response
+from holdsvc.domain.bookings import PayOutcome
+from holdsvc.domain.errors import NotFound
+from holdsvc.http import bodies, schemas
+from holdsvc.http.bodies import EmptyIn, FlightIn, HoldIn, PayIn
+from holdsvc.http.views import booking_view, flight_view, json_response
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def _flight_id(request: web.Request) -> int:
 
 
 async def create_flight(request: web.Request) -> web.Response:
-    body = requests.decode(*await _body(request), FlightIn)
-    flight = await request.app[FLIGHTS].create(requests.flight_from(body))
+    body = bodies.decode(*await _body(request), FlightIn)
+    flight = await request.app[FLIGHTS].create(bodies.flight_from(body))
     # A new flight has nothing booked; restoring it just gives it its Redis marker.
     await request.app[RESTORER].restore(flight.id, "new flight")
     return json_response(flight_view(flight, len(flight.seats)), 201)
@@ -78,8 +78,8 @@ async def flight_seats(request: web.Request) -> web.Response:
 
 
 async def create_booking(request: web.Request) -> web.Response:
-    body = requests.decode(*await _body(request), HoldIn)
-    hold = requests.hold_from(body, request.app[SETTINGS].max_seats_per_booking)
+    body = bodies.decode(*await _body(request), HoldIn)
+    hold = bodies.hold_from(body, request.app[SETTINGS].max_seats_per_booking)
     booking = await request.app[BOOKINGS].hold(hold)
     return json_response(booking_view(booking), 201)
 
@@ -90,7 +90,7 @@ async def get_booking(request: web.Request) -> web.Response:
 
 
 async def pay_booking(request: web.Request) -> web.Response:
-    body = requests.decode(*await _body(request), PayIn, optional=True)
+    body = bodies.decode(*await _body(request), PayIn, optional=True)
     outcome, booking = await request.app[BOOKINGS].pay(
         request.match_info["booking_id"], body.payment_method, request.get(IDEMPOTENCY_KEY)
     )
@@ -100,13 +100,13 @@ async def pay_booking(request: web.Request) -> web.Response:
 
 
 async def cancel_booking(request: web.Request) -> web.Response:
-    requests.decode(*await _body(request), EmptyIn, optional=True)
+    bodies.decode(*await _body(request), EmptyIn, optional=True)
     booking = await request.app[BOOKINGS].cancel(request.match_info["booking_id"])
     return json_response({"message": "Booking cancelled", **booking_view(booking)})
 
 
 async def refund_booking(request: web.Request) -> web.Response:
-    requests.decode(*await _body(request), EmptyIn, optional=True)
+    bodies.decode(*await _body(request), EmptyIn, optional=True)
     booking = await request.app[BOOKINGS].refund(request.match_info["booking_id"])
     return json_response({"message": "Refund processed", **booking_view(booking)})
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 
-from holdsvc.bookings import Bookings
-from holdsvc.errors import DomainError
-from holdsvc.payments import MockGateway
-from holdsvc.states import State, move
+from holdsvc.domain.bookings import Bookings
+from holdsvc.domain.errors import DomainError
+from holdsvc.domain.states import State, move
+from holdsvc.gateway import MockGateway
 from persistence.sqlite_store import PaymentChange, SqlStore, now_ms
 
 log = logging.getLogger(__name__)
