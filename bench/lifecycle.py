@@ -15,7 +15,7 @@ from holdsvc import appkeys as k
 from holdsvc.app import create_app
 from holdsvc.domain.bookings import HoldRequest, PayOutcome
 from holdsvc.settings import Settings
-from persistence.sqlite_store import NewFlight
+from persistence.records import NewFlight
 
 LETTERS = "ABCDEFGHIJKL"
 ROWS = 150

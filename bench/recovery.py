@@ -28,7 +28,7 @@ from holdsvc.domain.bookings import HoldRequest
 from holdsvc.domain.states import State, move
 from holdsvc.embedded_redis import EmbeddedRedis, find_binary
 from holdsvc.settings import Settings
-from persistence.sqlite_store import NewBooking, NewFlight, now_ms
+from persistence.records import NewBooking, NewFlight, now_ms
 
 LETTERS = "ABCDEFGHIJKL"
 ROWS = 150  # 1,800 seats a flight, the most a flight may have

@@ -19,6 +19,7 @@ from holdsvc import appkeys as k
 from holdsvc.domain.bookings import Bookings
 from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.flights import Flights
+from holdsvc.domain.records import Transition, now_ms
 from holdsvc.domain.recovery import PaymentRecovery
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.sweeper import run_sweeper, sweep_round
@@ -39,7 +40,7 @@ from holdsvc.seats.scripts import load_scripts
 from holdsvc.settings import Settings
 from holdsvc.tasks import background
 from persistence.persister import Persister
-from persistence.sqlite_store import SqlStore, Transition, now_ms
+from persistence.sqlite_store import SqlStore
 
 log = logging.getLogger(__name__)
 transition_log = logging.getLogger("holdsvc.transitions")

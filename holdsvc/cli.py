@@ -16,10 +16,10 @@ from redis.exceptions import RedisError
 from holdsvc import admin, logs
 from holdsvc import appkeys as k
 from holdsvc.app import StartupError, create_app
+from holdsvc.domain.records import NewFlight
 from holdsvc.embedded_redis import EmbeddedRedisError
 from holdsvc.seats.scripts import ScriptLoadError
 from holdsvc.settings import Settings
-from persistence.sqlite_store import NewFlight
 
 log = logging.getLogger("holdsvc")
 

@@ -27,7 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from persistence.sqlite_store import Transition
+from holdsvc.domain.records import Transition
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

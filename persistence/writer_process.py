@@ -18,7 +18,82 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from persistence.writer import COMMITTED, GroupApplier, connect, frame, sendable, unframe
+from persistence.writer import COMMITTED, BatchOp, Op, connect, frame, unframe
+
+
+class GroupApplier:
+    """Runs groups of operations on one connection, each group one transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def apply(self, ops: list[Op]) -> list[tuple[bool, Any]]:
+        conn = self.conn
+        results: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            i = 0
+            while i < len(ops):
+                op = ops[i]
+                j = i + 1
+                if isinstance(op, BatchOp):
+                    while j < len(ops) and type(ops[j]) is type(op):
+                        j += 1
+                    if j - i > 1 and self._run_batch(conn, ops[i:j], results):
+                        i = j
+                        continue
+                for single in ops[i:j]:
+                    self._run_one(conn, single, results)
+                i = j
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    @staticmethod
+    def _run_one(conn: sqlite3.Connection, op: Op, results: list[tuple[bool, Any]]) -> None:
+        conn.execute("SAVEPOINT op")
+        try:
+            value = op(conn)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            results.append((False, exc))
+        else:
+            conn.execute("RELEASE op")
+            results.append((True, value))
+
+    @staticmethod
+    def _run_batch(
+        conn: sqlite3.Connection, ops: list[Op], results: list[tuple[bool, Any]]
+    ) -> bool:
+        """Run like ops as one set of statements; False (nothing done) if any conflicts."""
+        conn.execute("SAVEPOINT batch")
+        try:
+            values = type(ops[0]).run_batch(conn, ops)  # type: ignore[attr-defined]
+        except Exception:
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+            return False
+        if len(values) != len(ops):  # a bug in the op; never let it stall every caller
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+            return False
+        conn.execute("RELEASE batch")
+        results.extend((True, v) for v in values)
+        return True
+
+
+def sendable(value: Any) -> Any:
+    """An exception the service can unpickle: the original if it round-trips, else its text."""
+    try:
+        pickle.loads(pickle.dumps(value))
+    except Exception:
+        return RuntimeError(f"{type(value).__name__}: {value}")
+    return value
+
 
 READ_SIZE = 1 << 20
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from holdsvc.appkeys import GATEWAY, HOLDS, RECOVERY, RESTORER, STORE
 from holdsvc.domain.states import State, move
 from holdsvc.seats import keys
-from persistence.sqlite_store import PaymentChange
+from persistence.records import PaymentChange
 from tests.conftest import hold, new_flight, seat_map
 
 Client = TestClient[Any, Any]

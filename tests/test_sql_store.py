@@ -21,16 +21,16 @@ from holdsvc.appkeys import STORE
 from holdsvc.domain.flights import Flights
 from holdsvc.domain.states import State, move
 from holdsvc.settings import Settings
-from persistence.sqlite_store import (
+from persistence.records import (
     Moved,
     NewBooking,
     NewFlight,
     PaymentChange,
     PaymentChanged,
     SeatOwnedInSql,
-    SqlStore,
     now_ms,
 )
+from persistence.sqlite_store import SqlStore
 from persistence.writer import Call, GroupCommitWriter, WriterClosed
 from tests.conftest import eventually, hold, new_flight, seat_map
 

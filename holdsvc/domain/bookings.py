@@ -34,6 +34,14 @@ from holdsvc.domain.errors import (
 )
 from holdsvc.domain.faults import crash_point
 from holdsvc.domain.flights import Flight, Flights
+from holdsvc.domain.records import (
+    BookingRecord,
+    NewBooking,
+    PaymentChange,
+    PaymentChanged,
+    SeatOwnedInSql,
+    now_ms,
+)
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.states import State, move, require
 from holdsvc.gateway import Charge, MockGateway
@@ -41,15 +49,7 @@ from holdsvc.metrics import Metrics
 from holdsvc.seats.holds import Confirm, Held, HoldStore, NotEnough, NotRestored, Taken
 from holdsvc.settings import Settings
 from holdsvc.tasks import stop
-from persistence.sqlite_store import (
-    BookingRecord,
-    NewBooking,
-    PaymentChange,
-    PaymentChanged,
-    SeatOwnedInSql,
-    SqlStore,
-    now_ms,
-)
+from persistence.sqlite_store import SqlStore
 from persistence.writer import WriterClosed
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,11 @@ import logging
 from collections.abc import Iterable
 
 from holdsvc.domain.flights import Flights
+from holdsvc.domain.records import now_ms
 from holdsvc.domain.states import State, move
 from holdsvc.seats import keys
 from holdsvc.seats.holds import HoldStore
-from persistence.sqlite_store import SqlStore, now_ms
+from persistence.sqlite_store import SqlStore
 
 log = logging.getLogger(__name__)
 

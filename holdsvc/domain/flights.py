@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 
 from holdsvc.domain.errors import NotFound
-from persistence.sqlite_store import FlightRecord, NewFlight, SqlStore
+from holdsvc.domain.records import FlightRecord, NewFlight
+from persistence.sqlite_store import SqlStore
 
 _SEAT = re.compile(r"([1-9][0-9]{0,2})([A-Z])")
 

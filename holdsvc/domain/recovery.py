@@ -14,9 +14,10 @@ import logging
 
 from holdsvc.domain.bookings import Bookings
 from holdsvc.domain.errors import DomainError
+from holdsvc.domain.records import PaymentChange, now_ms
 from holdsvc.domain.states import State, move
 from holdsvc.gateway import MockGateway
-from persistence.sqlite_store import PaymentChange, SqlStore, now_ms
+from persistence.sqlite_store import SqlStore
 
 log = logging.getLogger(__name__)
 

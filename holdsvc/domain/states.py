@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from holdsvc.domain.errors import InvalidTransition
-from persistence.sqlite_store import Move
+from holdsvc.domain.records import Move
 
 
 class State(StrEnum):

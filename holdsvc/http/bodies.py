@@ -15,8 +15,8 @@ from msgspec import Meta
 
 from holdsvc.domain.bookings import HoldRequest
 from holdsvc.domain.errors import UnsupportedMediaType, ValidationError
+from holdsvc.domain.records import NewFlight
 from holdsvc.gateway import DEFAULT_METHOD
-from persistence.sqlite_store import NewFlight
 
 MAX_ROWS = 150
 

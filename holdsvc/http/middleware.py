@@ -15,8 +15,8 @@ from aiohttp.typedefs import Handler
 
 from holdsvc.appkeys import IDEMPOTENCY_KEY, INSTANCE_ID, METRICS, REQUEST_ID, SETTINGS, STORE
 from holdsvc.domain.errors import Conflict, IdempotencyMismatch, ValidationError
+from holdsvc.domain.records import Claim
 from holdsvc.http.views import error_response, redis_unavailable
-from persistence.sqlite_store import Claim
 
 log = logging.getLogger(__name__)
 

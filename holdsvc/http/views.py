@@ -14,8 +14,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from holdsvc.domain.errors import DomainError
 from holdsvc.domain.flights import Flight
+from holdsvc.domain.records import BookingRecord
 from holdsvc.domain.states import HOLDING
-from persistence.sqlite_store import BookingRecord
 from persistence.writer import WriterClosed
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,165 @@
+"""The records the domain and every SQL store share: plain values, no SQL.
+
+The domain's store Protocol (``holdsvc.domain.store``) is written in these types and each
+store returns them. They live here, beside the stores, because persistence imports nothing
+from holdsvc; the domain re-exports them, so the layers above never name persistence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import Enum
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class NewFlight:
+    flight_number: str
+    origin: str
+    destination: str
+    departure_time: str
+    rows: int
+    seat_letters: str
+    price: str
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlightRecord:
+    id: int
+    flight_number: str
+    origin: str
+    destination: str
+    departure_time: str
+    rows: int
+    seat_letters: str
+    price: str
+    currency: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    payment_id: str | None
+    method: str
+    status: str
+    amount: str
+    currency: str
+    idem_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BookingRecord:
+    id: str
+    flight_id: int
+    user_id: str
+    state: str
+    seats: list[str]
+    amount: str
+    currency: str
+    hold_expires_at: int
+    created_at: int
+    updated_at: int
+    payment: PaymentRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewBooking:
+    id: str
+    flight_id: int
+    user_id: str
+    state: str
+    seats: list[str]
+    amount: str
+    currency: str
+    hold_expires_at: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A compare-and-set of a booking's state: ``sources -> target``, with its seats' liveness."""
+
+    target: str
+    sources: Collection[str]
+    cause: str
+    seats_live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentChange:
+    """Set the payment to ``status`` if it is now one of ``expect`` (None: create it)."""
+
+    status: str
+    expect: Collection[str] | None = None
+    payment_id: str | None = None
+    method: str = ""
+    amount: str = ""
+    currency: str = ""
+    idem_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The outcome of a compare-and-set: ``moved`` or not, and the state the booking is in now."""
+
+    moved: bool
+    state: str | None
+    # Set when moved: where it came from, and the hold deadline it had (for expiry lag).
+    previous: str | None = None
+    deadline: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A committed move, as the store reports it to its observer (logs, metrics)."""
+
+    booking_id: str
+    from_state: str
+    to_state: str
+    cause: str
+    at: int
+    deadline: int | None
+
+
+class SeatOwnedInSql(Exception):
+    """SQL says another booking owns one of these seats for good: Redis must have lost data."""
+
+    def __init__(self, owners: dict[str, str]) -> None:
+        super().__init__(f"seats owned in SQL by {owners}")
+        self.owners = owners
+
+    def __reduce__(self) -> tuple[type[SeatOwnedInSql], tuple[dict[str, str]]]:
+        # Raised in the writer process and re-raised here: pickled by its real arguments.
+        return type(self), (self.owners,)
+
+
+class PaymentChanged(Exception):
+    """The payment was not in the expected status: the whole operation is rolled back."""
+
+    def __init__(self, booking_id: str, status: str | None) -> None:
+        super().__init__(f"payment of {booking_id} is {status}")
+        self.booking_id = booking_id
+        self.status = status
+
+    def __reduce__(self) -> tuple[type[PaymentChanged], tuple[str, str | None]]:
+        return type(self), (self.booking_id, self.status)
+
+
+class Claim(Enum):
+    NEW = "new"
+    REPLAY = "replay"
+    RUNNING = "running"
+    MISMATCH = "mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    claim: Claim
+    status: int | None = None
+    body: bytes | None = None
