@@ -6,6 +6,7 @@ NOSCRIPT (a ``SCRIPT FLUSH`` or a restarted Redis), loads the source again and r
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,19 @@ from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
 
-LUA_DIR = Path(__file__).resolve().parent.parent.parent / "lua"
+
+
+def _lua_dir() -> Path:
+    """Where the scripts are installed: ``lua/`` is packaged as ``holdsvc.lua`` (pyproject)."""
+    # A directory of data, not code: a namespace package, so its first location is the one.
+    spec = importlib.util.find_spec("holdsvc.lua")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    # A source tree used without installing it: the scripts are at its top.
+    return Path(__file__).resolve().parents[2] / "lua"
+
+
+LUA_DIR = _lua_dir()
 NAMES = (
     "hold_seats",
     "hold_best",
