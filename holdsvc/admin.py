@@ -148,8 +148,7 @@ async def flights_create(settings: Settings, args: argparse.Namespace) -> int:
     except DomainError as exc:
         raise AdminError(exc.message) from exc
     async with _open(settings, create=True) as h:
-        flight = await h.flights.create(new)
-        await Restorer(h.holds, h.store, h.flights).restore(flight.id, "new flight")
+        flight = await Restorer(h.holds, h.store, h.flights).add_flight(new)
         print(
             f"flight {flight.id} {new.flight_number} {new.origin}-{new.destination}"
             f" {new.departure_time}: {len(flight.seats)} seats at {new.price} {new.currency}"

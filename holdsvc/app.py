@@ -19,14 +19,16 @@ from holdsvc import appkeys as k
 from holdsvc.domain.bookings import Bookings
 from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.flights import Flights
-from holdsvc.domain.records import Transition, now_ms
+from holdsvc.domain.health import Health
+from holdsvc.domain.idempotency import HEARTBEAT_EVERY_S, IdempotencyKeys
+from holdsvc.domain.records import Transition
 from holdsvc.domain.recovery import PaymentRecovery
 from holdsvc.domain.restore import Restorer
+from holdsvc.domain.seatmap import SeatMap
 from holdsvc.domain.sweeper import run_sweeper, sweep_round
 from holdsvc.embedded_redis import EmbeddedRedis, answers_ping, find_binary
 from holdsvc.gateway import MockGateway
 from holdsvc.http.middleware import (
-    HEARTBEAT_EVERY_S,
     access_middleware,
     errors_middleware,
     idempotency_middleware,
@@ -222,6 +224,8 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     store = app[k.STORE]
     flights = Flights(store)
     app[k.FLIGHTS] = flights
+    app[k.SEAT_MAP] = SeatMap(app[k.HOLDS], flights)
+    app[k.HEALTH] = Health(app[k.HOLDS], store)
     restorer = Restorer(app[k.HOLDS], store, flights)
     app[k.RESTORER] = restorer
     settings = app[k.SETTINGS]
@@ -278,23 +282,25 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     """This process's heartbeat (so its idempotency keys are known to be live) and the purge
     of idempotency keys past their retention."""
-    store = app[k.STORE]
-    instance = app[k.INSTANCE_ID]
-    ttl_ms = round(app[k.SETTINGS].idempotency_ttl * 1000)
-    await store.heartbeat(instance)
+    settings = app[k.SETTINGS]
+    keys = IdempotencyKeys(
+        app[k.STORE], app[k.INSTANCE_ID], settings.takeover_after, settings.idempotency_ttl
+    )
+    app[k.IDEMPOTENCY] = keys
+    await keys.heartbeat()
 
     async def beat() -> None:
         last_purge = 0.0
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY_S)
             try:
-                await store.heartbeat(instance)
+                await keys.heartbeat()
                 if time.monotonic() - last_purge > IDEMPOTENCY_PURGE_EVERY_S:
-                    await store.purge_keys(now_ms() - ttl_ms)
+                    await keys.purge()
                     last_purge = time.monotonic()
             except Exception as exc:
                 log.warning("housekeeping failed: %s", exc)
 
     async with background(beat(), "housekeeping"):
         yield
-    await store.retire(instance)
+    await keys.retire()

@@ -8,8 +8,11 @@ from redis.asyncio import Redis
 from holdsvc.domain.bookings import Bookings
 from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.flights import Flights
+from holdsvc.domain.health import Health
+from holdsvc.domain.idempotency import IdempotencyKeys
 from holdsvc.domain.recovery import PaymentRecovery
 from holdsvc.domain.restore import Restorer
+from holdsvc.domain.seatmap import SeatMap
 from holdsvc.gateway import MockGateway
 from holdsvc.metrics import Metrics
 from holdsvc.seats.holds import HoldStore
@@ -35,3 +38,6 @@ EXPIRER = web.AppKey("expirer", Expirer)
 RESTORER = web.AppKey("restorer", Restorer)
 RECOVERY = web.AppKey("recovery", PaymentRecovery)
 PERSISTER = web.AppKey("persister", Persister)
+SEAT_MAP = web.AppKey("seat_map", SeatMap)
+HEALTH = web.AppKey("health", Health)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)

@@ -114,8 +114,7 @@ async def _demo_flight(app: web.Application) -> AsyncIterator[None]:
     store = app[k.STORE]
     record = await store.find_flight(DEMO_FLIGHT.flight_number, DEMO_FLIGHT.departure_time)
     if record is None:
-        flight_id = (await app[k.FLIGHTS].create(DEMO_FLIGHT)).id
-        await app[k.RESTORER].restore(flight_id, "new flight")
+        flight_id = (await app[k.RESTORER].add_flight(DEMO_FLIGHT)).id
     else:
         flight_id = record.id
     base = f"http://{settings.host}:{settings.port}"

@@ -163,3 +163,8 @@ class ClaimResult:
     claim: Claim
     status: int | None = None
     body: bytes | None = None
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not take the operation (its writer or connection is gone): the outcome
+    of what was waiting is unknown, and the answer is a 503."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from persistence.records import (
     NewFlight,
     PaymentChange,
     PaymentRecord,
+    StoreUnavailable,
     Transition,
     now_ms,
 )
@@ -82,6 +84,8 @@ class _Rows:
 
 
 class SqlStore(SqliteKeys):
+    failures: tuple[type[Exception], ...] = (sqlite3.Error, StoreUnavailable)
+
     def __init__(self, path: Path, writer: GroupCommitWriter, reader: aiosqlite.Connection):
         self.path = path
         self._writer = writer

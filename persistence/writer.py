@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
+from persistence.records import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -70,8 +72,8 @@ class WriterStats:
     largest_batch: int = 0
 
 
-class WriterClosed(RuntimeError):
-    pass
+class WriterClosed(StoreUnavailable):
+    """The writer process stopped or is being replaced."""
 
 
 class BatchOp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,10 +23,16 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_built_wheel_installs_and_serves(tmp_path: Path) -> None:
+    # Built from a copy: an in-tree build leaves build/ behind in the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT, src, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__",
+                                                 "holdsvc-data", ".*_cache", "*.sqlite3*"),
+    )  # fmt: skip
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(wheels), str(ROOT)],
+         "-w", str(wheels), str(src)],
         check=True, timeout=120,
     )  # fmt: skip
     [wheel] = wheels.glob("holdsvc-*.whl")

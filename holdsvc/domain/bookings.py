@@ -16,7 +16,6 @@ import asyncio
 import base64
 import logging
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -44,13 +43,12 @@ from holdsvc.domain.records import (
 )
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.states import State, move, require
+from holdsvc.domain.store import BookingStore
 from holdsvc.gateway import Charge, MockGateway
 from holdsvc.metrics import Metrics
 from holdsvc.seats.holds import Confirm, Held, HoldStore, NotEnough, NotRestored, Taken
 from holdsvc.settings import Settings
 from holdsvc.tasks import stop
-from persistence.sqlite_store import SqlStore
-from persistence.writer import WriterClosed
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +98,7 @@ class Bookings:
     def __init__(
         self,
         settings: Settings,
-        store: SqlStore,
+        store: BookingStore,
         holds: HoldStore,
         flights: Flights,
         gateway: MockGateway,
@@ -115,6 +113,8 @@ class Bookings:
         self._restorer = restorer
         self._metrics = metrics or Metrics()
         self._background: set[asyncio.Task[None]] = set()
+        # What leaves a taken charge unsettled for now (the sweeper settles it later).
+        self._unavailable: tuple[type[Exception], ...] = (RedisError, OSError, *store.failures)
 
     async def get(self, booking_id: str) -> BookingRecord:
         booking = await self._store.get_booking(booking_id)
@@ -281,7 +281,7 @@ class Bookings:
         crash_point(self._settings.fault, "after_charge")
         try:
             outcome = await self.settle_charge(booking, charge)
-        except (RedisError, sqlite3.Error, WriterClosed, OSError) as exc:
+        except self._unavailable as exc:
             # The sweeper settles it once the payment window is over; the booking says how.
             log.error("booking %s: charge taken, settling failed: %s", booking_id, exc)
             raise Unavailable(

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from holdsvc.domain.flights import Flights
 from holdsvc.domain.records import now_ms
 from holdsvc.domain.states import State, move
+from holdsvc.domain.store import BookingStore
 from holdsvc.seats import keys
 from holdsvc.seats.holds import HoldStore
-from persistence.sqlite_store import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ FLIGHTS_PER_ROUND_TRIP = 500
 
 
 class Expirer:
-    def __init__(self, holds: HoldStore, store: SqlStore, flights: Flights) -> None:
+    def __init__(self, holds: HoldStore, store: BookingStore, flights: Flights) -> None:
         self._holds = holds
         self._store = store
         self._flights = flights

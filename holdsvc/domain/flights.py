@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from holdsvc.domain.errors import NotFound
 from holdsvc.domain.records import FlightRecord, NewFlight
-from persistence.sqlite_store import SqlStore
+from holdsvc.domain.store import BookingStore
 
 _SEAT = re.compile(r"([1-9][0-9]{0,2})([A-Z])")
 
@@ -41,7 +41,7 @@ class Flight:
 
 
 class Flights:
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: BookingStore) -> None:
         self._store = store
         self._cache: dict[int, Flight] = {}
         # Every flight up to this id is listed in _listed. Flights are never changed or

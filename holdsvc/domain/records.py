@@ -17,6 +17,7 @@ from persistence.records import (
     PaymentChanged,
     PaymentRecord,
     SeatOwnedInSql,
+    StoreUnavailable,
     Transition,
     now_ms,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "PaymentChanged",
     "PaymentRecord",
     "SeatOwnedInSql",
+    "StoreUnavailable",
     "Transition",
     "now_ms",
 ]

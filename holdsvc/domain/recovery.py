@@ -16,8 +16,8 @@ from holdsvc.domain.bookings import Bookings
 from holdsvc.domain.errors import DomainError
 from holdsvc.domain.records import PaymentChange, now_ms
 from holdsvc.domain.states import State, move
+from holdsvc.domain.store import BookingStore
 from holdsvc.gateway import MockGateway
-from persistence.sqlite_store import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ BATCH = 200
 
 class PaymentRecovery:
     def __init__(
-        self, bookings: Bookings, store: SqlStore, gateway: MockGateway, gateway_timeout_ms: int
+        self, bookings: Bookings, store: BookingStore, gateway: MockGateway, gateway_timeout_ms: int
     ) -> None:
         self._bookings = bookings
         self._store = store

@@ -13,20 +13,28 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from holdsvc.domain.flights import Flights
+from holdsvc.domain.flights import Flight, Flights
+from holdsvc.domain.records import NewFlight
 from holdsvc.domain.states import ENDED, HOLDING, State, move
+from holdsvc.domain.store import BookingStore
 from holdsvc.seats.holds import HoldStore
-from persistence.sqlite_store import SqlStore
 
 log = logging.getLogger(__name__)
 
 
 class Restorer:
-    def __init__(self, holds: HoldStore, store: SqlStore, flights: Flights) -> None:
+    def __init__(self, holds: HoldStore, store: BookingStore, flights: Flights) -> None:
         self._holds = holds
         self._store = store
         self._flights = flights
         self._locks: dict[int, asyncio.Lock] = {}
+
+    async def add_flight(self, new: NewFlight) -> Flight:
+        """Create a flight and give it its Redis marker (it has nothing booked to restore), so
+        holds on it are served at once."""
+        flight = await self._flights.create(new)
+        await self.restore(flight.id, "new flight")
+        return flight
 
     async def check(self) -> int:
         """Restore every flight whose marker is missing or older than this Redis process."""

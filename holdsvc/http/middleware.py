@@ -13,7 +13,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from holdsvc.appkeys import IDEMPOTENCY_KEY, INSTANCE_ID, METRICS, REQUEST_ID, SETTINGS, STORE
+from holdsvc.appkeys import IDEMPOTENCY, IDEMPOTENCY_KEY, METRICS, REQUEST_ID
 from holdsvc.domain.errors import Conflict, IdempotencyMismatch, ValidationError
 from holdsvc.domain.records import Claim
 from holdsvc.http.views import error_response, redis_unavailable
@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-# A process writes its heartbeat this often; Settings.takeover_after says when it is dead.
-HEARTBEAT_EVERY_S = 1.0
 
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -113,18 +111,8 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     fingerprint = hashlib.sha256(
         b"\0".join((request.method.encode(), request.path.encode(), body))
     ).digest()
-    settings = request.app[SETTINGS]
-    store = request.app[STORE]
-    # This request's claim: the process (whose heartbeat says it is alive) and a token of its
-    # own, so that after a takeover only the request that holds the claim may answer into it.
-    owner = f"{request.app[INSTANCE_ID]}:{secrets.token_hex(6)}"
-    claim = await store.claim_key(
-        key,
-        fingerprint,
-        owner=owner,
-        stale_ms=round(settings.takeover_after * 1000),
-        ttl_ms=round(settings.idempotency_ttl * 1000),
-    )
+    keys = request.app[IDEMPOTENCY]
+    claim, owner = await keys.claim(key, fingerprint)
     if claim.claim is Claim.MISMATCH:
         raise IdempotencyMismatch(
             "Idempotency-Key was already used with a different request",
@@ -145,21 +133,21 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
-            await store.release_key(key, owner)
+            await keys.release(key, owner)
             raise
         response = _answer(request, exc)
     except Exception as exc:
         response = _answer(request, exc)
     if response.status >= 500 or not isinstance(response, web.Response) or response.body is None:
-        await store.release_key(key, owner)
+        await keys.release(key, owner)
         return response
     assert isinstance(response.body, bytes)
     try:
-        if not await store.complete_key(key, owner, response.status, response.body):
+        if not await keys.complete(key, owner, response.status, response.body):
             log.warning("Idempotency-Key %r was taken over while its request ran", key)
     except Exception:
         # The answer still goes out; the key must not stay "in progress" for good.
         log.exception("storing the answer for Idempotency-Key %r failed", key)
         with contextlib.suppress(Exception):
-            await store.release_key(key, owner)
+            await keys.release(key, owner)
     return response

@@ -13,12 +13,11 @@ from aiohttp.typedefs import Handler
 from holdsvc.appkeys import (
     BOOKINGS,
     FLIGHTS,
-    HOLDS,
+    HEALTH,
     IDEMPOTENCY_KEY,
-    REDIS,
     RESTORER,
+    SEAT_MAP,
     SETTINGS,
-    STORE,
 )
 from holdsvc.domain.bookings import PayOutcome
 from holdsvc.domain.errors import NotFound
@@ -45,34 +44,28 @@ def _flight_id(request: web.Request) -> int:
 
 async def create_flight(request: web.Request) -> web.Response:
     body = bodies.decode(*await _body(request), FlightIn)
-    flight = await request.app[FLIGHTS].create(bodies.flight_from(body))
-    # A new flight has nothing booked; restoring it just gives it its Redis marker.
-    await request.app[RESTORER].restore(flight.id, "new flight")
+    flight = await request.app[RESTORER].add_flight(bodies.flight_from(body))
     return json_response(flight_view(flight, len(flight.seats)), 201)
 
 
 async def list_flights(request: web.Request) -> web.Response:
     flights = await request.app[FLIGHTS].all()
-    free = await request.app[HOLDS].free_counts([(f.id, f.seats) for f in flights])
+    free = await request.app[SEAT_MAP].free_counts(flights)
     return json_response([flight_view(f, n) for f, n in zip(flights, free, strict=True)])
 
 
 async def get_flight(request: web.Request) -> web.Response:
     flight = await request.app[FLIGHTS].get(_flight_id(request))
-    [free] = await request.app[HOLDS].free_counts([(flight.id, flight.seats)])
+    [free] = await request.app[SEAT_MAP].free_counts([flight])
     return json_response(flight_view(flight, free))
 
 
 async def flight_seats(request: web.Request) -> web.Response:
-    flight = await request.app[FLIGHTS].get(_flight_id(request))
-    statuses = await request.app[HOLDS].seat_statuses(flight.id, flight.seats)
+    flight, statuses = await request.app[SEAT_MAP].statuses(_flight_id(request))
     return json_response(
         {
             "flight_id": flight.id,
-            "seats": [
-                {"seat": seat, "status": status.value}
-                for seat, status in zip(flight.seats, statuses, strict=True)
-            ],
+            "seats": [{"seat": seat, "status": status} for seat, status in statuses],
         }
     )
 
@@ -112,17 +105,7 @@ async def refund_booking(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    problems = {}
-    try:
-        await request.app[REDIS].ping()
-    except Exception as exc:
-        log.warning("healthz: Redis: %s", exc)  # the detail (hosts, ports) stays in the log
-        problems["redis"] = "unavailable"
-    try:
-        await request.app[STORE].ping()
-    except Exception as exc:
-        log.warning("healthz: SQL: %s", exc)
-        problems["sql"] = "unavailable"
+    problems = await request.app[HEALTH].problems()
     if problems:
         return json_response({"status": "unavailable", **problems}, 503)
     return json_response({"status": "ok"})

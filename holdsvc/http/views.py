@@ -14,9 +14,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from holdsvc.domain.errors import DomainError
 from holdsvc.domain.flights import Flight
-from holdsvc.domain.records import BookingRecord
+from holdsvc.domain.records import BookingRecord, StoreUnavailable
 from holdsvc.domain.states import HOLDING
-from persistence.writer import WriterClosed
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def error_response(exc: Exception) -> web.Response:
         return json_response(
             {"error": "Seat store (Redis) unavailable; retry shortly"}, 503, {"Retry-After": "1"}
         )
-    if isinstance(exc, WriterClosed):
+    if isinstance(exc, StoreUnavailable):
         # The SQL writer process is being replaced: what was waiting has an unknown outcome.
         log.warning("SQL writer unavailable: %s", exc)
         return json_response(

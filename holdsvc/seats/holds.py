@@ -107,6 +107,9 @@ class HoldStore:
         await self._fast.execute("SCRIPT", "LOAD", script.script)
         return await run()
 
+    async def ping(self) -> None:
+        await self.redis.ping()
+
     async def raw_set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
         """A bare ``SET NX PX`` on the same client: the benchmark's ceiling for a hold."""
         return await self._fast.execute("SET", key, value, "NX", "PX", ttl_ms) is not None

@@ -18,7 +18,6 @@ from redis.exceptions import ResponseError
 log = logging.getLogger(__name__)
 
 
-
 def _lua_dir() -> Path:
     """Where the scripts are installed: ``lua/`` is packaged as ``holdsvc.lua`` (pyproject)."""
     # A directory of data, not code: a namespace package, so its first location is the one.
