@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import http_holds, lifecycle, peers, recovery, store
 from bench.common import in_worker
-from holdsvc.embedded_redis import EmbeddedRedis, find_binary
+from holdsvc import EmbeddedRedis, find_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

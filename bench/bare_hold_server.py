@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from holdsvc.seats.holds import Held, HoldStore, Taken, connect_hold_store
+from holdsvc import Held, HoldStore, Taken, connect_hold_store
 
 # Its own flights, so its holds never meet holdsvc's in the same Redis.
 FLIGHT_OFFSET = 1_000_000

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from holdsvc.embedded_redis import free_port
+from holdsvc import free_port
 
 HERE = Path(__file__).resolve().parent
 LETTERS = "ABCDEFGHIJKL"

@@ -11,11 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from bench.common import closed_loop
+from holdsvc import HoldRequest, NewFlight, PayOutcome, Settings, create_app
 from holdsvc import appkeys as k
-from holdsvc.app import create_app
-from holdsvc.domain.bookings import HoldRequest, PayOutcome
-from holdsvc.settings import Settings
-from persistence.records import NewFlight
 
 LETTERS = "ABCDEFGHIJKL"
 ROWS = 150

@@ -14,8 +14,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.common import closed_loop
-from bench.store import SEATS, TTL_MS, _mark_flights, _store
-from holdsvc.seats.holds import Held
+from bench.store import SEATS, TTL_MS, mark_flights, open_store
+from holdsvc import Held
 
 FLIGHTS = 2000
 CONCURRENCY = 64
@@ -50,8 +50,8 @@ def _result(
 
 def holdsvc_peer(url: str, seconds: float, max_calls: int) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
-        holds = await _store(url)
-        await _mark_flights(holds, range(1, FLIGHTS + 1))
+        holds = await open_store(url)
+        await mark_flights(holds, range(1, FLIGHTS + 1))
         attempts = workload(max_calls)
         won: dict[str, int] = {}
 

@@ -22,13 +22,16 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
+from holdsvc import (
+    EmbeddedRedis,
+    HoldRequest,
+    NewFlight,
+    PayOutcome,
+    Settings,
+    create_app,
+    find_binary,
+)
 from holdsvc import appkeys as k
-from holdsvc.app import create_app
-from holdsvc.domain.bookings import HoldRequest
-from holdsvc.domain.states import State, move
-from holdsvc.embedded_redis import EmbeddedRedis, find_binary
-from holdsvc.settings import Settings
-from persistence.records import NewBooking, NewFlight, now_ms
 
 LETTERS = "ABCDEFGHIJKL"
 ROWS = 150  # 1,800 seats a flight, the most a flight may have
@@ -133,7 +136,7 @@ async def restore_time(base: Settings, booked: int, redis_url: str) -> dict[str,
     await runner.setup()
     try:
         flights = await make_flights(app, -(-booked // (ROWS * len(LETTERS))))
-        store = app[k.STORE]
+        bookings = app[k.BOOKINGS]
         seats = [f"{r}{c}" for r in range(1, ROWS + 1) for c in LETTERS]
         count = 0
         for f in flights:
@@ -141,14 +144,11 @@ async def restore_time(base: Settings, booked: int, redis_url: str) -> dict[str,
                 if count >= booked:
                     break
                 group = seats[i : i + 10]
-                bid = f"rb{f}x{i}"
-                await store.insert_hold(
-                    NewBooking(bid, f, "bench", "SEAT_HELD", group, "100.00", "INR",
-                               now_ms() + 600_000, now_ms()),
-                    move(State.EXPIRED, "superseded"),
-                )  # fmt: skip
-                await store.transition(bid, move(State.PAYMENT_PENDING, "bench"))
-                await store.transition(bid, move(State.CONFIRMED, "bench"))
+                # Through the domain, as a customer books: hold, then pay (the mock gateway).
+                held = await bookings.hold(HoldRequest(f, "bench", group, None))
+                outcome, _ = await bookings.pay(held.id, "pm_card_visa")
+                if outcome is not PayOutcome.CONFIRMED:
+                    raise RuntimeError(f"restore_time: booking {held.id} was {outcome}")
                 count += len(group)
         async with Redis.from_url(redis_url) as redis:
             await redis.flushall()

@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 from bench.common import closed_loop
-from holdsvc.seats.holds import Held, HoldStore, NotRestored, Taken, connect_hold_store
+from holdsvc import Held, HoldStore, NotRestored, PipelinedRedis, Taken, connect_hold_store
 
 LETTERS = "ABCDEF"
 ROWS = 30
@@ -21,11 +21,11 @@ SEATS = [f"{r}{c}" for r in range(1, ROWS + 1) for c in LETTERS]  # 180, as the 
 TTL_MS = 600_000
 
 
-async def _store(url: str) -> HoldStore:
+async def open_store(url: str) -> HoldStore:
     return await connect_hold_store(url)
 
 
-async def _mark_flights(holds: HoldStore, flights: range) -> None:
+async def mark_flights(holds: HoldStore, flights: range) -> None:
     run_id = await holds.server_run_id()
     for f in flights:
         await holds.restore(f, [], run_id)
@@ -38,15 +38,18 @@ def store_holds(url: str, seconds: float, max_calls: int, concurrency: int) -> d
 async def _store_holds(
     url: str, seconds: float, max_calls: int, concurrency: int
 ) -> dict[str, Any]:
-    holds = await _store(url)
+    holds = await open_store(url)
     per_flight = len(SEATS) // 4
     flights = range(10_000, 10_000 + max_calls // per_flight + 2)
-    await _mark_flights(holds, flights)
+    await mark_flights(holds, flights)
     prefix = secrets.token_hex(3)
 
+    # The ceiling for a hold: a bare SET NX PX through the same auto-pipelining client.
+    bare = PipelinedRedis(url)
+
     async def raw(n: int) -> str:
-        ok = await holds.raw_set_nx(f"{{r:{prefix}}}:{n}", b"bench", TTL_MS)
-        return "set" if ok else "refused"
+        ok = await bare.execute("SET", f"{{r:{prefix}}}:{n}", b"bench", "NX", "PX", TTL_MS)
+        return "set" if ok is not None else "refused"
 
     async def hold(n: int) -> str:
         flight, slot = divmod(n, per_flight)
@@ -56,6 +59,7 @@ async def _store_holds(
 
     raw_load = await closed_loop(raw, concurrency, seconds, max_calls)
     hold_load = await closed_loop(hold, concurrency, seconds, max_calls)
+    await bare.close()
     await holds.close()
     raw_rate, hold_rate = raw_load.rate("set"), hold_load.rate("held")
     return {
@@ -76,9 +80,9 @@ def contention(url: str, seconds: float, max_calls: int, clients: int) -> dict[s
 
 
 async def _contention(url: str, seconds: float, max_calls: int, clients: int) -> dict[str, Any]:
-    holds = await _store(url)
+    holds = await open_store(url)
     flight = 20_000
-    await _mark_flights(holds, range(flight, flight + 1))
+    await mark_flights(holds, range(flight, flight + 1))
     ten = ["1A", "1B", "1C", "1D", "1E", "2A", "2B", "2C", "2D", "2E"]
     owner: dict[str, str] = {}
     double_held = 0
@@ -121,10 +125,10 @@ def memory(url: str, seats: int) -> dict[str, Any]:
 
 
 async def _memory(url: str, seat_count: int) -> dict[str, Any]:
-    holds = await _store(url)
+    holds = await open_store(url)
     await holds.redis.flushall(asynchronous=False)
     flights = range(30_000, 30_000 + seat_count // len(SEATS) + 1)
-    await _mark_flights(holds, flights)
+    await mark_flights(holds, flights)
     rng = random.Random(9)
     before = (await holds.redis.info("memory"))["used_memory"]
     held = 0

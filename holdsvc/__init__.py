@@ -1,1 +1,68 @@
-"""holdsvc: seat holds in Redis, bookings durable in SQL."""
+"""holdsvc: seat holds in Redis, bookings durable in SQL.
+
+The names below are the public surface for tools that run beside the service (the benchmark
+harness): the app and its settings, the domain's entry points, the hold store and its client,
+and the embedded Redis. They load on first use, so ``import holdsvc.<module>`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from holdsvc import appkeys
+    from holdsvc.app import create_app
+    from holdsvc.domain.bookings import HoldRequest, PayOutcome
+    from holdsvc.domain.records import NewFlight
+    from holdsvc.domain.states import State
+    from holdsvc.embedded_redis import EmbeddedRedis, find_binary, free_port
+    from holdsvc.seats.holds import Held, HoldStore, NotRestored, Taken, connect_hold_store
+    from holdsvc.seats.redis_client import PipelinedRedis
+    from holdsvc.settings import Settings
+
+_EXPORTS = {
+    "appkeys": "holdsvc.appkeys",
+    "create_app": "holdsvc.app",
+    "HoldRequest": "holdsvc.domain.bookings",
+    "PayOutcome": "holdsvc.domain.bookings",
+    "NewFlight": "holdsvc.domain.records",
+    "State": "holdsvc.domain.states",
+    "EmbeddedRedis": "holdsvc.embedded_redis",
+    "find_binary": "holdsvc.embedded_redis",
+    "free_port": "holdsvc.embedded_redis",
+    "Held": "holdsvc.seats.holds",
+    "HoldStore": "holdsvc.seats.holds",
+    "NotRestored": "holdsvc.seats.holds",
+    "Taken": "holdsvc.seats.holds",
+    "connect_hold_store": "holdsvc.seats.holds",
+    "PipelinedRedis": "holdsvc.seats.redis_client",
+    "Settings": "holdsvc.settings",
+}
+
+__all__ = [
+    "EmbeddedRedis",
+    "Held",
+    "HoldRequest",
+    "HoldStore",
+    "NewFlight",
+    "NotRestored",
+    "PayOutcome",
+    "PipelinedRedis",
+    "Settings",
+    "State",
+    "Taken",
+    "appkeys",
+    "connect_hold_store",
+    "create_app",
+    "find_binary",
+    "free_port",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'holdsvc' has no attribute {name!r}")
+    loaded = importlib.import_module(module)
+    return loaded if name == "appkeys" else getattr(loaded, name)

@@ -110,10 +110,6 @@ class HoldStore:
     async def ping(self) -> None:
         await self.redis.ping()
 
-    async def raw_set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
-        """A bare ``SET NX PX`` on the same client: the benchmark's ceiling for a hold."""
-        return await self._fast.execute("SET", key, value, "NX", "PX", ttl_ms) is not None
-
     async def hold(
         self, flight_id: int, seats: list[str], booking_id: str, ttl_ms: int
     ) -> Held | Taken | NotRestored:
