@@ -317,3 +317,11 @@ def change_payment_in(
 def execute(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
     """One statement; returns how many rows it changed."""
     return conn.execute(sql, params).rowcount
+
+
+PRAGMAS_REPORTED = ("journal_mode", "synchronous", "busy_timeout")
+
+
+def read_pragmas(conn: sqlite3.Connection) -> dict[str, object]:
+    """The durability settings of this connection (the writer process's, when submitted)."""
+    return {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in PRAGMAS_REPORTED}

@@ -33,6 +33,7 @@ from persistence.records import (
 )
 from persistence.sqlite_keys import SqliteKeys
 from persistence.sqlite_ops import (
+    PRAGMAS_REPORTED,
     InsertHold,
     TransitionOp,
     change_payment_in,
@@ -40,6 +41,7 @@ from persistence.sqlite_ops import (
     create_schema,
     marks,
     move_many,
+    read_pragmas,
 )
 from persistence.writer import Call, GroupCommitWriter, WriterClosed, WriterStats, connect
 
@@ -100,9 +102,8 @@ class SqlStore(SqliteKeys):
         writer = GroupCommitWriter(path)
         await writer.start(create_schema)  # on failure it has stopped its process
         try:
-            reader = await aiosqlite.connect(path, isolation_level=None)
-            await reader.execute("PRAGMA busy_timeout=10000")
-            await reader.execute("PRAGMA synchronous=FULL")
+            # The reader opens through the same connect() as the writer: one set of pragmas.
+            reader = await aiosqlite.Connection(lambda: connect(path), iter_chunk_size=64)
         except BaseException:
             await writer.close()
             raise
@@ -143,16 +144,15 @@ class SqlStore(SqliteKeys):
         async with self._query("SELECT 1") as cur:
             return (await cur.fetchone()) is not None
 
-    async def pragmas(self) -> dict[str, object]:
-        """The durability settings of a fresh connection, as the store opens them."""
-        conn = connect(self.path)
-        try:
-            return {
-                "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
-                "synchronous": conn.execute("PRAGMA synchronous").fetchone()[0],
-            }
-        finally:
-            conn.close()
+    async def pragmas(self) -> dict[str, dict[str, object]]:
+        """The durability settings of the store's own connections: the writer process's and
+        the reader's, each asked on that connection."""
+        reader = {
+            name: (await self._reader.execute_fetchall(f"PRAGMA {name}"))[0][0]  # type: ignore[index]
+            for name in PRAGMAS_REPORTED
+        }
+        writer: dict[str, object] = await self._writer.submit(Call(read_pragmas, ()))
+        return {"writer": writer, "reader": reader}
 
     # ----- flights
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,21 +18,11 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from holdsvc.app import create_app
-from holdsvc.embedded_redis import EmbeddedRedis, find_binary, free_port
+from holdsvc.embedded_redis import EmbeddedRedis, find_binary
 from holdsvc.settings import Settings
+from tests.helpers import ServiceProcess
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
-
-SMALL_FLIGHT = {
-    "flight_number": "HS1",
-    "origin": "DEL",
-    "destination": "BOM",
-    "departure_time": "2026-12-01T09:30:00Z",
-    "rows": 2,
-    "seat_letters": "ABCDE",
-    "price": "100.00",
-    "currency": "INR",
-}
 
 
 # pytest-timeout prints the threads' stacks when it kills a test; for a hang in async code
@@ -123,104 +108,6 @@ async def client(
     make_client: Callable[[Settings], Awaitable[TestClient[Any, Any]]], settings: Settings
 ) -> TestClient[Any, Any]:
     return await make_client(settings)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 5.0, interval: float = 0.05
-) -> None:
-    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
-async def new_flight(client: TestClient[Any, Any], **overrides: Any) -> dict[str, Any]:
-    resp = await client.post("/api/flights/", json={**SMALL_FLIGHT, **overrides})
-    assert resp.status == 201, await resp.text()
-    body: dict[str, Any] = await resp.json()
-    return body
-
-
-async def hold(
-    client: TestClient[Any, Any], flight_id: int, seats: list[str], user: str = "u1"
-) -> dict[str, Any]:
-    resp = await client.post(
-        "/api/bookings/", json={"flight_id": flight_id, "user_id": user, "seats": seats}
-    )
-    assert resp.status == 201, await resp.text()
-    body: dict[str, Any] = await resp.json()
-    return body
-
-
-async def seat_map(client: TestClient[Any, Any], flight_id: int) -> dict[str, str]:
-    resp = await client.get(f"/api/flights/{flight_id}/seats/")
-    assert resp.status == 200
-    return {s["seat"]: s["status"] for s in (await resp.json())["seats"]}
-
-
-class ServiceProcess:
-    """``holdsvc serve`` (or another command) as a real child process, for restart and
-    multi-process tests. Its output goes to a file, never a pipe nobody reads: a service that
-    logs every request would block on a full pipe."""
-
-    def __init__(
-        self, args: list[str], env: dict[str, str] | None = None, command: str = "serve"
-    ) -> None:
-        self.port = free_port()
-        self.command = command
-        listen = ["--port", str(self.port)] if command == "serve" else []
-        self.args = [sys.executable, "-m", "holdsvc", command, *listen, *args]
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(tempfile.mkstemp(prefix=f"holdsvc-{command}-", suffix=".log")[1])
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def start(self, timeout: float = 20.0) -> None:
-        offset = self.log.stat().st_size  # a restart's readiness is read from its own output
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-            )
-        ready = f"holdsvc {self.command} running"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"holdsvc exited early:\n{self.stop()}")
-            if self.command != "serve":
-                # A headless process says when it is ready; its start-up sweep has run then.
-                if ready.encode() in self.log.read_bytes()[offset:]:
-                    return
-            else:
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                        return
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise AssertionError(f"holdsvc did not start within {timeout}s:\n{self.stop()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> str:
-        """Signal the process, wait for it, and return everything it printed."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return self.output
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from holdsvc.embedded_redis import EmbeddedRedis
-from tests.conftest import ServiceProcess
+from tests.helpers import ServiceProcess
 
 
 def admin(*args: str) -> subprocess.CompletedProcess[str]:

@@ -10,17 +10,16 @@ list and any booking's GET body must be exactly what they were before.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
 
-from tests.conftest import SMALL_FLIGHT, hold, new_flight, seat_map
+from tests.helpers import SMALL_FLIGHT, Client, hold, new_flight, seat_map
 
-Client = TestClient[Any, Any]
 Body = Callable[[int], Any]
 
 MAX_BODY = 64 * 1024
@@ -419,3 +418,17 @@ async def test_flight_id_with_a_non_ascii_digit_is_404(client: Client, path: str
     text = await resp.text()
     assert resp.status == 404, text
     assert await resp.json() == {"error": "Flight not found"}
+
+
+async def test_an_oversized_seat_list_is_refused_at_once(client: Client) -> None:
+    flight = await new_flight(client)
+    body = {
+        "flight_id": flight["id"],
+        "user_id": "u1",
+        "seats": ["1A"] * 10000,
+    }  # just under 64 KiB
+    started = time.monotonic()
+    resp = await client.post("/api/bookings/", json=body)
+    assert resp.status == 400
+    assert "seats" in (await resp.json())["error"]
+    assert time.monotonic() - started < 1.0

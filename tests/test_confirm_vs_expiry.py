@@ -8,16 +8,13 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from holdsvc.settings import Settings
-from tests.conftest import eventually, hold, new_flight
+from tests.helpers import Client, eventually, hold, new_flight
 from tests.invariants import check_invariants, unsettled
 
-Client = TestClient[Any, Any]
 MakeClient = Callable[[Settings], Awaitable[Client]]
 ROUNDS = 150
 

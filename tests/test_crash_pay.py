@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from holdsvc.embedded_redis import EmbeddedRedis
-from tests.conftest import SMALL_FLIGHT, ServiceProcess
+from tests.helpers import SMALL_FLIGHT, ServiceProcess
 from tests.invariants import check_invariants, unsettled
 
 # point -> (final state, status of the pay retried with the same key)

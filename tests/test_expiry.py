@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from holdsvc.appkeys import STORE
 from holdsvc.settings import Settings
-from tests.conftest import eventually, hold, new_flight, seat_map
+from tests.helpers import Client, eventually, hold, new_flight, seat_map
 
-Client = TestClient[Any, Any]
 MakeClient = Callable[[Settings], Awaitable[Client]]
 
 

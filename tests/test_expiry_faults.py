@@ -9,20 +9,17 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from holdsvc.app import StartupError, create_app
 from holdsvc.appkeys import PERSISTER
 from holdsvc.embedded_redis import EmbeddedRedis, find_binary
 from holdsvc.settings import Settings
-from tests.conftest import ServiceProcess, eventually, new_flight
+from tests.helpers import Client, ServiceProcess, eventually, new_flight
 
-Client = TestClient[Any, Any]
 MakeClient = Callable[[Settings], Awaitable[Client]]
 
 

@@ -6,15 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-from aiohttp.test_utils import TestClient
 
 from holdsvc.appkeys import STORE
 from holdsvc.settings import Settings
-from tests.conftest import hold, new_flight
+from tests.helpers import Client, hold, new_flight
 
-Client = TestClient[Any, Any]
 MakeClient = Callable[[Settings], Awaitable[Client]]
 
 

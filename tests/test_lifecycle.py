@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import itertools
+import time
 from typing import Any
 
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from tests.conftest import hold, new_flight, seat_map
-
-Client = TestClient[Any, Any]
+from tests.helpers import Client, hold, new_flight, seat_map
 
 FLIGHT = {
     "flight_number": "AI101",
@@ -180,11 +180,18 @@ async def test_unknown_booking_and_flight_are_404(client: Client) -> None:
 
 
 async def test_booking_ids_are_random(client: Client) -> None:
-    flight = await new_flight(client)
-    ids = [(await hold(client, flight["id"], [seat]))["id"] for seat in ["1A", "1B", "1C"]]
-    assert len(set(ids)) == 3
-    assert all(len(i) >= 16 for i in ids)
-    assert not any(i.isdigit() for i in ids)
+    flight = await new_flight(client, rows=6)
+    before_ms = time.time_ns() // 1_000_000
+    seats = [f"{r}{c}" for r in range(1, 7) for c in "ABCDE"]
+    ids = [(await hold(client, flight["id"], [seat]))["id"] for seat in seats]
+    raw = [base64.urlsafe_b64decode(i) for i in ids]
+    assert len(set(ids)) == len(ids) and all(len(r) == 15 for r in raw)
+    # 48 bits of creation time, then 72 random bits. A counter (or a clock) in the tail would
+    # differ from its neighbour in a few bits; random tails differ in about half of 72.
+    assert all(before_ms - 1 <= int.from_bytes(r[:6], "big") <= before_ms + 60_000 for r in raw)
+    tails = [int.from_bytes(r[6:], "big") for r in raw]
+    flips = [(a ^ b).bit_count() for a, b in itertools.pairwise(tails)]
+    assert sum(flips) / len(flips) > 24, flips
 
 
 async def test_healthz(client: Client, redis_server: Any) -> None:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestClient
 
 from holdsvc.embedded_redis import EmbeddedRedis
 from holdsvc.settings import Settings
-from tests.conftest import SMALL_FLIGHT, ServiceProcess, eventually, hold, new_flight
+from tests.helpers import SMALL_FLIGHT, Client, ServiceProcess, eventually, hold, new_flight
 
-Client = TestClient[Any, Any]
 MakeClient = Callable[[Settings], Awaitable[Client]]
 
 

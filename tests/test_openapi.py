@@ -9,17 +9,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 
 from holdsvc.embedded_redis import EmbeddedRedis
 from holdsvc.http.routes import ENDPOINTS
-from tests.conftest import SMALL_FLIGHT, ServiceProcess
-
-Client = TestClient[Any, Any]
+from tests.helpers import SMALL_FLIGHT, Client, ServiceProcess
 
 
 async def test_spec_describes_every_route(client: Client) -> None:

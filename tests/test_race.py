@@ -15,7 +15,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from holdsvc.embedded_redis import EmbeddedRedis
-from tests.conftest import SMALL_FLIGHT, ServiceProcess
+from tests.helpers import SMALL_FLIGHT, ServiceProcess
 
 CLIENTS = 240
 SEATS = [f"{r}{c}" for r in (1, 2) for c in "ABCDE"]

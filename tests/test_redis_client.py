@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from holdsvc.embedded_redis import EmbeddedRedis
 from holdsvc.seats.redis_client import PipelinedRedis
-from tests.conftest import eventually, new_flight, seat_map
-
-Client = TestClient[Any, Any]
+from tests.helpers import Client, eventually, new_flight, seat_map
 
 
 async def test_commands_go_to_the_database_of_the_url(redis_server: EmbeddedRedis) -> None:

@@ -9,19 +9,17 @@ import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from holdsvc.appkeys import STORE
+from holdsvc.appkeys import RECOVERY, RESTORER, STORE
 from holdsvc.embedded_redis import EmbeddedRedis
+from holdsvc.seats import keys
 from holdsvc.settings import Settings
-from tests.conftest import eventually, hold, new_flight, seat_map
+from tests.helpers import Client, eventually, hold, new_flight, pending_with_charge, seat_map
 from tests.invariants import check_invariants, unsettled
 
-Client = TestClient[Any, Any]
 MakeClient = Callable[[Settings], Awaitable[Client]]
 
 
@@ -129,3 +127,32 @@ async def test_redis_sigkill_under_load(
 
 async def _marker_set(redis: Redis, flight_id: int) -> bool:
     return bool(await redis.exists(f"{{f:{flight_id}}}:e"))
+
+
+async def test_restore_after_a_restart_keeps_a_booking_confirmed_in_redis_only(
+    client: Client, redis: Redis
+) -> None:
+    # A pay died after booking the seats in Redis; then Redis restarted (a marker from an older
+    # run). The restore used to read "!<id>" as a lost hold and expire a paid booking.
+    flight = await new_flight(client)
+    bid = await pending_with_charge(client, flight["id"], ["1C"])
+    await redis.set(keys.marker(flight["id"]), "an-older-run")
+    await client.app[RESTORER].check()
+    booking = await (await client.get(f"/api/bookings/{bid}/")).json()
+    assert booking["state"] == "PAYMENT_PENDING"
+    await client.app[RECOVERY].settle(bid)
+    booking = await (await client.get(f"/api/bookings/{bid}/")).json()
+    assert booking["state"] == "CONFIRMED"
+
+
+async def test_a_confirmed_seat_missing_from_redis_is_booked_again(
+    client: Client, redis: Redis
+) -> None:
+    # A confirm lost with the last second of an AOF: SQL says CONFIRMED, Redis has nothing.
+    flight = await new_flight(client)
+    booking = await hold(client, flight["id"], ["2D"])
+    assert (await client.post(f"/api/bookings/{booking['id']}/pay/")).status == 200
+    await redis.delete(keys.seat(flight["id"], "2D"))
+    assert (await seat_map(client, flight["id"]))["2D"] == "available"
+    assert await client.app[RESTORER].reconcile_all() == 1
+    assert (await seat_map(client, flight["id"]))["2D"] == "booked"

@@ -6,12 +6,8 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from aiohttp.test_utils import TestClient
-
 from holdsvc.appkeys import STORE
-from tests.conftest import hold, new_flight
-
-Client = TestClient[Any, Any]
+from tests.helpers import Client, hold, new_flight
 
 
 async def test_fifty_concurrent_refunds_refund_once(client: Client) -> None:

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from holdsvc.seats.scripts import LUA_DIR, NAMES, ScriptLoadError, load_scripts
-from tests.conftest import hold, new_flight, seat_map
-
-Client = TestClient[Any, Any]
+from tests.helpers import Client, hold, new_flight, seat_map
 
 
 async def test_every_script_has_a_contract_header() -> None:

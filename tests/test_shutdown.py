@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from holdsvc.embedded_redis import EmbeddedRedis
-from tests.conftest import SMALL_FLIGHT, ServiceProcess
+from tests.helpers import SMALL_FLIGHT, ServiceProcess
 
 
 async def test_sigterm_loses_no_answered_request(

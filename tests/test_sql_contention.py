@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from holdsvc.embedded_redis import EmbeddedRedis
-from tests.conftest import ServiceProcess, eventually
+from tests.helpers import ServiceProcess, eventually
 
 BOOKINGS = 3400  # 10,200 moves
 LETTERS = "ABCDEFGHIJKL"

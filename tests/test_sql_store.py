@@ -32,7 +32,7 @@ from persistence.records import (
 )
 from persistence.sqlite_store import SqlStore
 from persistence.writer import Call, GroupCommitWriter, WriterClosed
-from tests.conftest import eventually, hold, new_flight, seat_map
+from tests.helpers import eventually, hold, new_flight, seat_map
 
 SUPERSEDE = move(State.EXPIRED, "superseded")
 FLIGHT = NewFlight("HS9", "DEL", "BOM", "2026-12-01T09:30:00Z", 2, "AB", "10.00", "INR")
@@ -62,7 +62,9 @@ def booking(bid: str, flight_id: int, seats: list[str]) -> NewBooking:
 
 
 async def test_every_connection_is_wal_and_synchronous_full(store: SqlStore) -> None:
-    assert await store.pragmas() == {"journal_mode": "wal", "synchronous": 2}
+    # Asked on the store's own connections: the writer process's and the reader's.
+    wanted = {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 10_000}
+    assert await store.pragmas() == {"writer": wanted, "reader": wanted}
 
 
 async def test_a_sold_seat_cannot_be_written_to_a_second_booking(store: SqlStore) -> None:

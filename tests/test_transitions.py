@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from holdsvc.domain.states import TRANSITIONS, State
 from holdsvc.settings import Settings
-from tests.conftest import eventually, hold, new_flight, seat_map
+from tests.helpers import Client, eventually, hold, new_flight, seat_map
 
-Client = TestClient[Any, Any]
 MakeClient = Callable[[Settings], Awaitable[Client]]
 
 SEATS = ["1A", "1B"]

@@ -1,0 +1,149 @@
+"""Helpers the tests share: a small flight, HTTP shortcuts, polling, a real service process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from holdsvc import appkeys
+from holdsvc.domain.states import State, move
+from holdsvc.embedded_redis import free_port
+from persistence.records import PaymentChange
+
+Client = TestClient[Any, Any]
+
+SMALL_FLIGHT = {
+    "flight_number": "HS1",
+    "origin": "DEL",
+    "destination": "BOM",
+    "departure_time": "2026-12-01T09:30:00Z",
+    "rows": 2,
+    "seat_letters": "ABCDE",
+    "price": "100.00",
+    "currency": "INR",
+}
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 5.0, interval: float = 0.05
+) -> None:
+    """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+async def new_flight(client: TestClient[Any, Any], **overrides: Any) -> dict[str, Any]:
+    resp = await client.post("/api/flights/", json={**SMALL_FLIGHT, **overrides})
+    assert resp.status == 201, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def hold(
+    client: TestClient[Any, Any], flight_id: int, seats: list[str], user: str = "u1"
+) -> dict[str, Any]:
+    resp = await client.post(
+        "/api/bookings/", json={"flight_id": flight_id, "user_id": user, "seats": seats}
+    )
+    assert resp.status == 201, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def seat_map(client: TestClient[Any, Any], flight_id: int) -> dict[str, str]:
+    resp = await client.get(f"/api/flights/{flight_id}/seats/")
+    assert resp.status == 200
+    return {s["seat"]: s["status"] for s in (await resp.json())["seats"]}
+
+
+class ServiceProcess:
+    """``holdsvc serve`` (or another command) as a real child process, for restart and
+    multi-process tests. Its output goes to a file, never a pipe nobody reads: a service that
+    logs every request would block on a full pipe."""
+
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, command: str = "serve"
+    ) -> None:
+        self.port = free_port()
+        self.command = command
+        listen = ["--port", str(self.port)] if command == "serve" else []
+        self.args = [sys.executable, "-m", "holdsvc", command, *listen, *args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkstemp(prefix=f"holdsvc-{command}-", suffix=".log")[1])
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def start(self, timeout: float = 20.0) -> None:
+        offset = self.log.stat().st_size  # a restart's readiness is read from its own output
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        ready = f"holdsvc {self.command} running"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"holdsvc exited early:\n{self.stop()}")
+            if self.command != "serve":
+                # A headless process says when it is ready; its start-up sweep has run then.
+                if ready.encode() in self.log.read_bytes()[offset:]:
+                    return
+            else:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"holdsvc did not start within {timeout}s:\n{self.stop()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> str:
+        """Signal the process, wait for it, and return everything it printed."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.output
+
+
+async def pending_with_charge(client: Client, flight_id: int, seats: list[str]) -> str:
+    """A booking a pay left PAYMENT_PENDING after charging and booking its seats in Redis."""
+    booking = await hold(client, flight_id, seats)
+    bid = booking["id"]
+    store, holds = client.app[appkeys.STORE], client.app[appkeys.HOLDS]
+    await store.transition(
+        bid,
+        move(State.PAYMENT_PENDING, "pay"),
+        payment=PaymentChange("pending", method="pm_card_visa", amount="200.00", currency="INR"),
+    )
+    charge = await client.app[appkeys.GATEWAY].charge(bid, "200.00", "INR", "pm_card_visa")
+    assert charge.captured
+    await holds.confirm(flight_id, seats, bid)
+    return str(bid)
