@@ -67,7 +67,6 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[k.SETTINGS] = settings
     app[k.METRICS] = Metrics()
-    app[k.INSTANCE_ID] = secrets.token_hex(8)
     app.cleanup_ctx.extend(
         [
             _embedded_redis,
@@ -284,7 +283,11 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     of idempotency keys past their retention."""
     settings = app[k.SETTINGS]
     keys = IdempotencyKeys(
-        app[k.STORE], app[k.INSTANCE_ID], settings.takeover_after, settings.idempotency_ttl
+        # Names this process in SQL: its heartbeat, and the claims of its keyed requests.
+        app[k.STORE],
+        secrets.token_hex(8),
+        settings.takeover_after,
+        settings.idempotency_ttl,
     )
     app[k.IDEMPOTENCY] = keys
     await keys.heartbeat()

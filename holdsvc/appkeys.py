@@ -21,8 +21,6 @@ from persistence.persister import Persister
 from persistence.sqlite_store import SqlStore
 
 SETTINGS = web.AppKey("settings", Settings)
-# Names this process in SQL (idempotency key ownership, heartbeats).
-INSTANCE_ID = web.AppKey("instance_id", str)
 GATEWAY = web.AppKey("gateway", MockGateway)
 METRICS = web.AppKey("metrics", Metrics)
 REQUEST_ID = web.RequestKey("request_id", str)

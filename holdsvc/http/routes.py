@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 
@@ -24,8 +23,6 @@ from holdsvc.domain.errors import NotFound
 from holdsvc.http import bodies, schemas
 from holdsvc.http.bodies import EmptyIn, FlightIn, HoldIn, PayIn
 from holdsvc.http.views import booking_view, flight_view, json_response
-
-log = logging.getLogger(__name__)
 
 _FLIGHT_ID = re.compile(r"[0-9]{1,15}")
 
