@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -78,6 +77,16 @@ def wrk(port: int, seconds: int, connections: int, flights: int) -> dict[str, An
     }
 
 
+def _admin(command: str, where: list[str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "holdsvc", command, *where],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"holdsvc {command} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
 def _ms(value: str, unit: str) -> float:
     return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
 
@@ -124,12 +133,12 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    with sqlite3.connect(db) as conn:
-        doubled = conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM booking_seats WHERE live = 1"
-            " GROUP BY flight_id, seat HAVING count(*) > 1)"
-        ).fetchone()[0]
-        bookings = conn.execute("SELECT count(*) FROM bookings").fetchone()[0]
+    where = ["--redis-url", redis_url, "--db", str(db), "--data-dir", str(workdir)]
+    # Through the admin CLI, as an operator would: how many bookings SQL holds, and whether
+    # any seat's Redis value disagrees with SQL (a seat held or sold twice would).
+    status = _admin("status", where)
+    bookings = sum(int(n) for _, n in re.findall(r"^([A-Z_]+) +(\d+)$", status, re.M))
+    differences = int(re.findall(r"^(\d+) differences", _admin("audit", where), re.M)[0])
     holds_per_s = hold_result["ok_per_s"]
     noop_per_s = noop_result["ok_per_s"]
     bare_per_s = bare_result["ok_per_s"]
@@ -145,7 +154,7 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
         "noop_p99_ms": noop_result["p99_ms"],
         "refused_per_s": round(hold_result["non_2xx"] / hold_result["seconds"]),
         "bookings_in_sql": bookings,
-        "double_booked_seats": doubled,
+        "audit_differences": differences,
         "generator": "wrk -t2 -c64",
         "workers": 1,
         "hold": hold_result,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -28,6 +27,7 @@ from holdsvc import (
     NewFlight,
     PayOutcome,
     Settings,
+    State,
     create_app,
     find_binary,
 )
@@ -93,23 +93,21 @@ async def expiry_lag(base: Settings, live: int, short: int) -> dict[str, Any]:
             (await app[k.BOOKINGS].hold(HoldRequest(short_flight, "bench", [s], None))).id
             for s in seats
         ]
+        store = app[k.STORE]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with sqlite3.connect(base.db_path) as conn:
-                done = conn.execute(
-                    "SELECT count(*) FROM bookings WHERE flight_id = ? AND state = 'EXPIRED'",
-                    (short_flight,),
-                ).fetchone()[0]
-            if done == len(ids):
-                break
             await asyncio.sleep(0.2)
-        with sqlite3.connect(base.db_path) as conn:
-            rows = conn.execute(
-                "SELECT t.at - b.hold_expires_at, t.cause FROM transitions t"
-                " JOIN bookings b ON b.id = t.booking_id"
-                " WHERE b.flight_id = ? AND t.to_state = 'EXPIRED'",
-                (short_flight,),
-            ).fetchall()
+            if all(s == State.EXPIRED.value for s in (await store.states_of(ids)).values()):
+                break
+        rows: list[tuple[int, str]] = []
+        for booking_id in ids:
+            # An EXPIRED booking's last change is its expiry: lag = that commit - its deadline.
+            booking = await app[k.BOOKINGS].get(booking_id)
+            if booking.state != State.EXPIRED.value:
+                continue
+            history = await store.transitions_of(booking_id)
+            cause = [c for _, to, c in history if to == State.EXPIRED.value][-1]
+            rows.append((booking.updated_at - booking.hold_expires_at, cause))
     finally:
         await runner.cleanup()
     lags = sorted(r[0] for r in rows)
@@ -146,7 +144,7 @@ async def restore_time(base: Settings, booked: int, redis_url: str) -> dict[str,
                 group = seats[i : i + 10]
                 # Through the domain, as a customer books: hold, then pay (the mock gateway).
                 held = await bookings.hold(HoldRequest(f, "bench", group, None))
-                outcome, _ = await bookings.pay(held.id, "pm_card_visa")
+                outcome, _ = await app[k.PAYMENTS].pay(held.id, "pm_card_visa")
                 if outcome is not PayOutcome.CONFIRMED:
                     raise RuntimeError(f"restore_time: booking {held.id} was {outcome}")
                 count += len(group)

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from holdsvc import appkeys
     from holdsvc.app import create_app
-    from holdsvc.domain.bookings import HoldRequest, PayOutcome
+    from holdsvc.domain.bookings import HoldRequest
+    from holdsvc.domain.payments import PayOutcome
     from holdsvc.domain.records import NewFlight
     from holdsvc.domain.states import State
     from holdsvc.embedded_redis import EmbeddedRedis, find_binary, free_port
@@ -25,7 +26,7 @@ _EXPORTS = {
     "appkeys": "holdsvc.appkeys",
     "create_app": "holdsvc.app",
     "HoldRequest": "holdsvc.domain.bookings",
-    "PayOutcome": "holdsvc.domain.bookings",
+    "PayOutcome": "holdsvc.domain.payments",
     "NewFlight": "holdsvc.domain.records",
     "State": "holdsvc.domain.states",
     "EmbeddedRedis": "holdsvc.embedded_redis",

@@ -17,13 +17,12 @@ from urllib.parse import urlparse
 
 import orjson
 
-from holdsvc.app import EMBEDDED_URL_FILE
 from holdsvc.domain.errors import DomainError
 from holdsvc.domain.flights import Flights
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.states import HOLDING, State
+from holdsvc.embedded_redis import recorded_url
 from holdsvc.http import bodies
-from holdsvc.seats import keys
 from holdsvc.seats.holds import HoldStore, connect_hold_store
 from holdsvc.settings import Settings
 from persistence.sqlite_store import SqlStore
@@ -47,14 +46,13 @@ class _Handles:
 def redis_url(settings: Settings) -> str:
     if settings.redis_url is not None:
         return settings.redis_url
-    url_file = settings.data_dir / EMBEDDED_URL_FILE
-    try:
-        return url_file.read_text().strip()
-    except OSError:
+    url = recorded_url(settings.data_dir)
+    if url is None:
         raise AdminError(
             f"no running holdsvc with an embedded Redis in {settings.data_dir}"
             " (start `holdsvc serve`, or give --redis-url)"
-        ) from None
+        )
+    return url
 
 
 @contextlib.asynccontextmanager
@@ -108,21 +106,20 @@ async def audit(settings: Settings) -> int:
 
 async def _differences(h: _Handles, flight_id: int) -> list[str]:
     flight = await h.flights.get(flight_id)
-    values = await h.holds.seat_values(flight_id, flight.seats)
+    owners = await h.holds.seat_owners(flight_id, flight.seats)
     owner: dict[str, tuple[str, str]] = {}
     for bid, state, seats in await h.store.live_bookings(flight_id):
         for seat in seats:
             owner[seat] = (bid, state)
     out = []
-    for seat, raw in zip(flight.seats, values, strict=True):
+    for seat, in_redis in zip(flight.seats, owners, strict=True):
         sql = owner.get(seat)
         sql_text = f"SQL {sql[1]} {sql[0]}" if sql else "SQL free"
-        if raw is None:
+        if in_redis is None:
             if sql is not None:
                 out.append(f"seat {seat}: Redis free, {sql_text}")
             continue
-        booked = raw.startswith(keys.BOOKED_PREFIX)
-        bid = (raw[len(keys.BOOKED_PREFIX) :] if booked else raw).decode()
+        bid, booked = in_redis
         if booked and sql != (bid, State.CONFIRMED.value):
             out.append(f"seat {seat}: Redis booked by {bid}, {sql_text}")
         elif not booked and (sql is None or sql[0] != bid or sql[1] not in HOLDING):

@@ -8,8 +8,6 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from urllib.parse import urlparse
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -21,12 +19,18 @@ from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.flights import Flights
 from holdsvc.domain.health import Health
 from holdsvc.domain.idempotency import HEARTBEAT_EVERY_S, IdempotencyKeys
+from holdsvc.domain.payments import PaymentRecovery, Payments
 from holdsvc.domain.records import Transition
-from holdsvc.domain.recovery import PaymentRecovery
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.seatmap import SeatMap
 from holdsvc.domain.sweeper import run_sweeper, sweep_round
-from holdsvc.embedded_redis import EmbeddedRedis, answers_ping, find_binary
+from holdsvc.embedded_redis import (
+    EmbeddedRedis,
+    find_binary,
+    forget_url,
+    record_url,
+    running_url,
+)
 from holdsvc.gateway import MockGateway
 from holdsvc.http.middleware import (
     access_middleware,
@@ -50,7 +54,6 @@ transition_log = logging.getLogger("holdsvc.transitions")
 # Enough connections for every request the event loop can have in flight against Redis;
 # a request past that waits for one instead of failing.
 REDIS_POOL_SIZE = 64
-EMBEDDED_URL_FILE = "redis.url"
 
 
 class StartupError(RuntimeError):
@@ -96,8 +99,7 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
         app[k.REDIS_URL] = settings.redis_url
         yield
         return
-    url_file = settings.data_dir / EMBEDDED_URL_FILE
-    running = await asyncio.to_thread(_running_embedded, url_file)
+    running = await asyncio.to_thread(running_url, settings.data_dir)
     if running is not None:
         # Another process of this data dir (a serve, a persister) runs the embedded Redis:
         # share it. Two servers on one AOF directory would corrupt it.
@@ -109,29 +111,12 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(server.start)
     app[k.REDIS_URL] = server.url
     # The admin commands (holdsvc status, audit, ...) find this Redis through this file.
-    url_file.write_text(server.url + "\n")
+    record_url(settings.data_dir, server.url)
     try:
         yield
     finally:
-        if _running_url(url_file) == server.url:
-            url_file.unlink(missing_ok=True)
+        forget_url(settings.data_dir, server.url)
         await asyncio.to_thread(server.stop)
-
-
-def _running_url(url_file: Path) -> str | None:
-    try:
-        return url_file.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _running_embedded(url_file: Path) -> str | None:
-    """The URL of the embedded Redis another process of this data dir runs, if it answers."""
-    url = _running_url(url_file)
-    if url is None:
-        return None
-    port = urlparse(url).port
-    return url if port is not None and answers_ping(port) else None
 
 
 async def _sql(app: web.Application) -> AsyncIterator[None]:
@@ -230,11 +215,13 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     settings = app[k.SETTINGS]
     gateway = MockGateway(settings.gateway_ledger_path)
     app[k.GATEWAY] = gateway
-    bookings = Bookings(settings, store, app[k.HOLDS], flights, gateway, restorer, app[k.METRICS])
+    bookings = Bookings(settings, store, app[k.HOLDS], flights, restorer, app[k.METRICS])
     app[k.BOOKINGS] = bookings
+    payments = Payments(settings, store, app[k.HOLDS], bookings, gateway)
+    app[k.PAYMENTS] = payments
     app[k.EXPIRER] = Expirer(app[k.HOLDS], store, flights)
     app[k.RECOVERY] = PaymentRecovery(
-        bookings, store, gateway, round(settings.gateway_timeout * 1000)
+        payments, bookings, store, gateway, settings.gateway_timeout_ms
     )
     try:
         yield
@@ -266,7 +253,7 @@ async def _persister(app: web.Application) -> AsyncIterator[None]:
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     settings = app[k.SETTINGS]
     restorer, expirer, recovery = app[k.RESTORER], app[k.EXPIRER], app[k.RECOVERY]
-    grace_ms = round(settings.reconcile_grace * 1000)
+    grace_ms = settings.grace_ms
     # Before traffic: booked seats back into a Redis that lost them, and whatever lapsed while
     # no process was watching recorded.
     await sweep_round(restorer, expirer, recovery, grace_ms, "start-up")
@@ -286,8 +273,8 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         # Names this process in SQL: its heartbeat, and the claims of its keyed requests.
         app[k.STORE],
         secrets.token_hex(8),
-        settings.takeover_after,
-        settings.idempotency_ttl,
+        settings.takeover_after_ms,
+        settings.idempotency_ttl_ms,
     )
     app[k.IDEMPOTENCY] = keys
     await keys.heartbeat()

@@ -10,7 +10,7 @@ from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.flights import Flights
 from holdsvc.domain.health import Health
 from holdsvc.domain.idempotency import IdempotencyKeys
-from holdsvc.domain.recovery import PaymentRecovery
+from holdsvc.domain.payments import PaymentRecovery, Payments
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.seatmap import SeatMap
 from holdsvc.gateway import MockGateway
@@ -32,6 +32,7 @@ STORE = web.AppKey("store", SqlStore)
 HOLDS = web.AppKey("holds", HoldStore)
 FLIGHTS = web.AppKey("flights", Flights)
 BOOKINGS = web.AppKey("bookings", Bookings)
+PAYMENTS = web.AppKey("payments", Payments)
 EXPIRER = web.AppKey("expirer", Expirer)
 RESTORER = web.AppKey("restorer", Restorer)
 RECOVERY = web.AppKey("recovery", PaymentRecovery)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,40 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
 
+# The file in a data dir that names the embedded Redis its serve runs: other processes of
+# that data dir (a second serve, the admin commands) find and share it through this file.
+URL_FILE = "redis.url"
+
+
 class EmbeddedRedisError(RuntimeError):
     pass
+
+
+def recorded_url(data_dir: Path) -> str | None:
+    """The URL the data dir's serve recorded for its embedded Redis, whether it answers or not."""
+    try:
+        return (data_dir / URL_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The recorded URL, if a Redis answers there."""
+    url = recorded_url(data_dir)
+    if url is None:
+        return None
+    port = urlparse(url).port
+    return url if port is not None and answers_ping(port) else None
+
+
+def record_url(data_dir: Path, url: str) -> None:
+    (data_dir / URL_FILE).write_text(url + "\n")
+
+
+def forget_url(data_dir: Path, url: str) -> None:
+    """Remove the record, unless another serve has since recorded its own Redis there."""
+    if recorded_url(data_dir) == url:
+        (data_dir / URL_FILE).unlink(missing_ok=True)
 
 
 def bundled_binary() -> Path:

@@ -27,7 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from holdsvc.domain.records import Transition
+from holdsvc.domain.records import State, Transition
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -99,7 +99,7 @@ class Metrics:
 
     def on_transition(self, t: Transition) -> None:
         self.transitions.labels(t.to_state, t.cause).inc()
-        if t.to_state == "EXPIRED" and t.deadline is not None:
+        if t.to_state == State.EXPIRED.value and t.deadline is not None:
             self.expiry_lag.observe(max(0.0, (t.at - t.deadline) / 1000))
 
     def on_commit(self, batch: int, seconds: float) -> None:

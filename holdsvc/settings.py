@@ -16,6 +16,10 @@ from typing import Any
 ENV_PREFIX = "HOLDSVC_"
 
 
+def ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -72,17 +76,30 @@ class Settings:
             return self.gateway_ledger
         return self.data_dir / "mock-gateway.sqlite3"
 
+    # Settings are given in seconds; Redis, SQL and the scripts count milliseconds.
     @property
     def hold_ttl_ms(self) -> int:
-        return max(1, round(self.hold_ttl * 1000))
+        return max(1, ms(self.hold_ttl))
 
     @property
     def grace_ms(self) -> int:
-        return round(self.reconcile_grace * 1000)
+        return ms(self.reconcile_grace)
 
     @property
     def payment_window_ms(self) -> int:
-        return max(1, round(self.payment_window * 1000))
+        return max(1, ms(self.payment_window))
+
+    @property
+    def gateway_timeout_ms(self) -> int:
+        return ms(self.gateway_timeout)
+
+    @property
+    def takeover_after_ms(self) -> int:
+        return ms(self.takeover_after)
+
+    @property
+    def idempotency_ttl_ms(self) -> int:
+        return ms(self.idempotency_ttl)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -18,8 +18,7 @@ end
 local current = rcall('ZSCORE', KEYS[1], bid)
 if not current then return {0} end
 
-local t = rcall('TIME')
-local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+local deadline = now_ms() + tonumber(ARGV[2])
 if tonumber(current) > deadline then deadline = tonumber(current) end
 local at = string.format('%d', deadline)
 for i = 2, #KEYS do

@@ -9,7 +9,6 @@
 --
 -- Returns (closed set):
 --   {booking id, ...}   possibly empty
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now),
   'LIMIT', 0, tonumber(ARGV[1]))

@@ -62,9 +62,7 @@ if chosen == nil then
   chosen = anywhere
 end
 
-local t = rcall('TIME')
-local deadline = string.format('%d',
-  tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2]))
+local deadline = string.format('%d', now_ms() + tonumber(ARGV[2]))
 local result = {1, tonumber(deadline)}
 for _, name in ipairs(chosen) do
   rcall('SET', prefix .. name, ARGV[1], 'NX', 'PXAT', deadline)

@@ -26,9 +26,7 @@ for i = 3, #KEYS do
 end
 if #taken > 1 then return taken end
 
-local t = rcall('TIME')
-local deadline = string.format('%d',
-  tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2]))
+local deadline = string.format('%d', now_ms() + tonumber(ARGV[2]))
 for i = 3, #KEYS do
   rcall('SET', KEYS[i], ARGV[1], 'NX', 'PXAT', deadline)
 end

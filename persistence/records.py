@@ -10,7 +10,27 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
+
+
+# The names of booking states and payment statuses, spelled once. Which moves between them
+# are allowed is the domain's business (holdsvc.domain.states); the stores only spell them.
+class State(StrEnum):
+    INITIATED = "INITIATED"
+    SEAT_HELD = "SEAT_HELD"
+    PAYMENT_PENDING = "PAYMENT_PENDING"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+    REFUNDED = "REFUNDED"
+    EXPIRED = "EXPIRED"
+
+
+class PaymentStatus(StrEnum):
+    PENDING = "pending"
+    CAPTURED = "captured"
+    FAILED = "failed"
+    REFUNDING = "refunding"
+    REFUNDED = "refunded"
 
 
 def now_ms() -> int:

@@ -20,6 +20,7 @@ from persistence.records import (
     PaymentChange,
     PaymentChanged,
     SeatOwnedInSql,
+    State,
 )
 from persistence.writer import BatchOp
 
@@ -158,7 +159,7 @@ _INSERT_SEAT = (
 )
 _INSERT_HOLD_TRANSITION = (
     "INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
-    " VALUES (?, 'INITIATED', ?, 'hold', ?)"
+    f" VALUES (?, '{State.INITIATED}', ?, 'hold', ?)"
 )
 
 

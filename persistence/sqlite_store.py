@@ -27,6 +27,8 @@ from persistence.records import (
     NewFlight,
     PaymentChange,
     PaymentRecord,
+    PaymentStatus,
+    State,
     StoreUnavailable,
     Transition,
     now_ms,
@@ -202,7 +204,9 @@ class SqlStore(SqliteKeys):
         if self.on_transition is not None:
             for bid, moved in superseded:
                 self._notify(bid, moved, supersede, at)
-            self.on_transition(Transition(booking.id, "INITIATED", booking.state, "hold", at, None))
+            self.on_transition(
+                Transition(booking.id, State.INITIATED.value, booking.state, "hold", at, None)
+            )
         return [bid for bid, _ in superseded]
 
     async def transition(
@@ -287,10 +291,13 @@ class SqlStore(SqliteKeys):
           refund claimed (``refunding``), untouched since before ``touched_before_ms``.
         """
         async with self._query(
-            "SELECT id FROM bookings WHERE state = 'PAYMENT_PENDING' AND hold_expires_at < ?"
+            f"SELECT id FROM bookings WHERE state = '{State.PAYMENT_PENDING}'"
+            " AND hold_expires_at < ?"
             " UNION SELECT p.booking_id FROM payments p JOIN bookings b ON b.id = p.booking_id"
-            " WHERE p.status = 'pending' AND b.state != 'PAYMENT_PENDING' AND p.updated_at < ?"
-            " UNION SELECT booking_id FROM payments WHERE status = 'refunding' AND updated_at < ?"
+            f" WHERE p.status = '{PaymentStatus.PENDING}' AND b.state != '{State.PAYMENT_PENDING}'"
+            " AND p.updated_at < ?"
+            " UNION SELECT booking_id FROM payments"
+            f" WHERE status = '{PaymentStatus.REFUNDING}' AND updated_at < ?"
             " LIMIT ?",
             (deadline_before_ms, touched_before_ms, touched_before_ms, limit),
         ) as cur:

@@ -2,22 +2,103 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from holdsvc.seats.scripts import LUA_DIR, NAMES, ScriptLoadError, load_scripts
+from holdsvc import EmbeddedRedis, Held, HoldStore, NotRestored, PipelinedRedis, Taken
+from holdsvc.seats.holds import Confirm, NotEnough
+from holdsvc.seats.scripts import (
+    LUA_DIR,
+    NAMES,
+    PRELUDE,
+    ScriptLoadError,
+    UnknownScriptReply,
+    load_scripts,
+)
 from tests.helpers import Client, hold, new_flight, seat_map
 
 
 async def test_every_script_has_a_contract_header() -> None:
+    files = {p.stem for p in LUA_DIR.glob("*.lua")} - {PRELUDE.removesuffix(".lua")}
+    assert files == set(NAMES), "every script in lua/ is loaded, and only those"
     for name in NAMES:
         text = (LUA_DIR / f"{name}.lua").read_text()
-        header = text.split("local ", 1)[0]
-        for word in ("KEYS[1]", "ARGV[1]", "Returns"):
+        header = text.split("\nlocal ", 1)[0]
+        for word in ("KEYS[1]", "ARGV[1]", "Returns (closed set):"):
             assert word in header, f"{name}.lua header lacks {word}"
+
+
+async def _store(redis: Redis, url: str, lua_dir: Path = LUA_DIR) -> HoldStore:
+    return HoldStore(redis, await load_scripts(redis, lua_dir), PipelinedRedis(url))
+
+
+async def test_every_documented_reply_maps_to_its_result(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    """Drive each script into each code of its closed set, through the hold store."""
+    store = await _store(redis, redis_server.url)
+    try:
+        fid, ttl = 7, 60_000
+        # Before a restore the marker is missing: hold scripts answer {3}.
+        assert isinstance(await store.hold(fid, ["1A"], "b1", ttl), NotRestored)
+        assert isinstance(await store.hold_best(fid, 1, 2, "AB", "b1", ttl), NotRestored)
+        await store.restore(fid, [("2B", "sold")], "run-1")  # restore_seats: n >= 0
+        held = await store.hold(fid, ["1A", "1B"], "b1", ttl)  # {1, deadline}
+        assert isinstance(held, Held) and held.seats == ["1A", "1B"]
+        taken = await store.hold(fid, ["1C", "1B", "2B"], "b2", ttl)  # {2, i, j}
+        assert isinstance(taken, Taken) and taken.seats == ["1B", "2B"]
+        best = await store.hold_best(fid, 1, 2, "AB", "b3", ttl)  # {1, deadline, seat}
+        assert isinstance(best, Held) and best.seats == ["2A"]
+        none = await store.hold_best(fid, 1, 2, "AB", "b4", ttl)  # {2, free}
+        assert isinstance(none, NotEnough) and none.free == 0
+        paying = await store.begin_payment(fid, ["1A", "1B"], "b1", ttl)  # {1, deadline}
+        assert paying is not None and paying >= held.deadline_ms
+        assert await store.begin_payment(fid, ["1A"], "b2", ttl) is None  # {0}
+        assert await store.confirm(fid, ["1A", "1B"], "b1") is Confirm.BOOKED  # 1
+        assert await store.confirm(fid, ["1A", "1B"], "b1") is Confirm.ALREADY_BOOKED  # 2
+        assert await store.confirm(fid, ["2A"], "b2") is Confirm.HOLD_LOST  # 0
+        assert await store.due(fid, 10) == []  # {} (nothing past its deadline)
+        short = await store.hold(fid, ["3A"], "b5", 1)
+        assert isinstance(short, Held)
+        await asyncio.sleep(0.05)
+        assert await store.due(fid, 10) == ["b5"]  # {booking id, ...}
+        assert await store.release(fid, ["2A"], "b3") == 1  # n >= 0
+        assert await store.release(fid, ["2A"], "b3") == 0
+    finally:
+        await store.close()
+
+
+# A reply outside each script's closed set, and the call that meets it.
+OUT_OF_SET: dict[str, tuple[str, Callable[[HoldStore], Awaitable[object]]]] = {
+    "hold_seats": ("{1}", lambda s: s.hold(1, ["1A"], "b", 1000)),
+    "hold_best": ("{1, 5, '1A'}", lambda s: s.hold_best(1, 2, 1, "AB", "b", 1000)),
+    "begin_payment": ("{2}", lambda s: s.begin_payment(1, ["1A"], "b", 1000)),
+    "confirm_seats": ("3", lambda s: s.confirm(1, ["1A"], "b")),
+    "release_seats": ("2", lambda s: s.release(1, ["1A"], "b")),
+    "due_holds": ("7", lambda s: s.due(1, 10)),
+    "restore_seats": ("-1", lambda s: s.restore(1, [("1A", "b")], "r")),
+}
+
+
+async def test_a_reply_outside_a_scripts_closed_set_is_raised(
+    tmp_path: Path, redis: Redis, redis_server: EmbeddedRedis
+) -> None:
+    assert set(OUT_OF_SET) == set(NAMES)
+    for name, (reply, call) in OUT_OF_SET.items():
+        lua = tmp_path / name
+        shutil.copytree(LUA_DIR, lua)
+        (lua / f"{name}.lua").write_text(f"return {reply}\n")
+        store = await _store(redis, redis_server.url, lua)
+        try:
+            with pytest.raises(UnknownScriptReply, match=name):
+                await call(store)
+        finally:
+            await store.close()
 
 
 async def test_holds_and_confirms_work_after_script_flush(client: Client, redis: Redis) -> None:

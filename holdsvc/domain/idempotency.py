@@ -17,12 +17,12 @@ HEARTBEAT_EVERY_S = 1.0
 
 class IdempotencyKeys:
     def __init__(
-        self, store: BookingStore, instance_id: str, takeover_after_s: float, ttl_s: float
+        self, store: BookingStore, instance_id: str, takeover_after_ms: int, ttl_ms: int
     ) -> None:
         self._store = store
         self.instance_id = instance_id
-        self._stale_ms = round(takeover_after_s * 1000)
-        self._ttl_ms = round(ttl_s * 1000)
+        self._stale_ms = takeover_after_ms
+        self._ttl_ms = ttl_ms
 
     async def claim(self, key: str, fingerprint: bytes) -> tuple[ClaimResult, str]:
         """Claim ``key`` for a new request; returns what the store said and this claim's owner

@@ -1,25 +1,29 @@
-"""The booking state machine: the one table of allowed moves.
+"""The two state machines, each one table of allowed moves: bookings and their payments.
 
 Handlers never compare states themselves; they ask :func:`require` before acting and pass
-:func:`sources` to the store, whose compare-and-set applies the same table under the writer.
+:func:`move` / :func:`payment_move` to the store, whose compare-and-set applies the same table
+under the writer.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from holdsvc.domain.errors import InvalidTransition
-from holdsvc.domain.records import Move
+from holdsvc.domain.records import Move, PaymentChange, PaymentStatus, State
 
-
-class State(StrEnum):
-    INITIATED = "INITIATED"
-    SEAT_HELD = "SEAT_HELD"
-    PAYMENT_PENDING = "PAYMENT_PENDING"
-    CONFIRMED = "CONFIRMED"
-    CANCELLED = "CANCELLED"
-    REFUNDED = "REFUNDED"
-    EXPIRED = "EXPIRED"
+__all__ = [
+    "ENDED",
+    "HOLDING",
+    "HOLDS_SEATS",
+    "PAYMENT_TRANSITIONS",
+    "TRANSITIONS",
+    "PaymentStatus",
+    "State",
+    "move",
+    "new_payment",
+    "payment_move",
+    "require",
+    "sources",
+]
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
@@ -75,4 +79,56 @@ def move(target: State, cause: str, *, only_from: State | None = None) -> Move:
         sources=frozenset(s.value for s in allowed),
         cause=cause,
         seats_live=target in HOLDS_SEATS,
+    )
+
+
+# A payment is created ``pending`` when its booking enters PAYMENT_PENDING.
+PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
+    # REFUNDED straight from pending: the charge went through but the seats were lost before
+    # SQL recorded the capture, so the money goes back at once.
+    PaymentStatus.PENDING: frozenset(
+        {PaymentStatus.CAPTURED, PaymentStatus.FAILED, PaymentStatus.REFUNDED}
+    ),
+    # A refund is claimed (REFUNDING) before the gateway is asked, so only one runs.
+    PaymentStatus.CAPTURED: frozenset({PaymentStatus.REFUNDING}),
+    # Recorded failed by a recovery that found no capture, then found captured after all.
+    PaymentStatus.FAILED: frozenset({PaymentStatus.REFUNDED}),
+    PaymentStatus.REFUNDING: frozenset({PaymentStatus.REFUNDED}),
+    PaymentStatus.REFUNDED: frozenset(),
+}
+
+_PAYMENT_SOURCES: dict[PaymentStatus, frozenset[PaymentStatus]] = {
+    target: frozenset(s for s, targets in PAYMENT_TRANSITIONS.items() if target in targets)
+    for target in PaymentStatus
+}
+
+
+def payment_move(
+    target: PaymentStatus,
+    *,
+    only_from: PaymentStatus | frozenset[PaymentStatus] | None = None,
+    payment_id: str | None = None,
+) -> PaymentChange:
+    """The compare-and-set for moving a payment to ``target``, sources from the one table.
+
+    ``only_from`` narrows them, for a move that is right only from the status the caller
+    knows the payment is in; a narrowing the table does not allow is a bug.
+    """
+    allowed = _PAYMENT_SOURCES[target]
+    if only_from is not None:
+        narrow = frozenset({only_from}) if isinstance(only_from, PaymentStatus) else only_from
+        if not narrow <= allowed:
+            raise ValueError(f"payment cannot move from {set(narrow)} to {target}")
+        allowed = narrow
+    return PaymentChange(target.value, frozenset(s.value for s in allowed), payment_id=payment_id)
+
+
+def new_payment(method: str, amount: str, currency: str, idem_key: str | None) -> PaymentChange:
+    """The payment row a pay creates (no sources: it must not exist yet)."""
+    return PaymentChange(
+        PaymentStatus.PENDING.value,
+        method=method,
+        amount=amount,
+        currency=currency,
+        idem_key=idem_key,
     )

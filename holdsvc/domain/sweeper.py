@@ -13,7 +13,7 @@ import logging
 import time
 
 from holdsvc.domain.expiry import Expirer
-from holdsvc.domain.recovery import PaymentRecovery
+from holdsvc.domain.payments import PaymentRecovery
 from holdsvc.domain.restore import Restorer
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,13 @@ from holdsvc.appkeys import (
     FLIGHTS,
     HEALTH,
     IDEMPOTENCY_KEY,
+    PAYMENTS,
     RESTORER,
     SEAT_MAP,
     SETTINGS,
 )
-from holdsvc.domain.bookings import PayOutcome
 from holdsvc.domain.errors import NotFound
+from holdsvc.domain.payments import PayOutcome
 from holdsvc.http import bodies, schemas
 from holdsvc.http.bodies import EmptyIn, FlightIn, HoldIn, PayIn
 from holdsvc.http.views import booking_view, flight_view, json_response
@@ -81,7 +82,7 @@ async def get_booking(request: web.Request) -> web.Response:
 
 async def pay_booking(request: web.Request) -> web.Response:
     body = bodies.decode(*await _body(request), PayIn, optional=True)
-    outcome, booking = await request.app[BOOKINGS].pay(
+    outcome, booking = await request.app[PAYMENTS].pay(
         request.match_info["booking_id"], body.payment_method, request.get(IDEMPOTENCY_KEY)
     )
     if outcome is PayOutcome.DECLINED:
@@ -97,7 +98,7 @@ async def cancel_booking(request: web.Request) -> web.Response:
 
 async def refund_booking(request: web.Request) -> web.Response:
     bodies.decode(*await _body(request), EmptyIn, optional=True)
-    booking = await request.app[BOOKINGS].refund(request.match_info["booking_id"])
+    booking = await request.app[PAYMENTS].refund(request.match_info["booking_id"])
     return json_response({"message": "Refund processed", **booking_view(booking)})
 
 

@@ -236,30 +236,26 @@ class HoldStore:
                 pipe.mget(keys.seats(flight_id, seats))
             replies = await pipe.execute()
         return [
-            all(
-                v in (booking_id.encode(), keys.BOOKED_PREFIX + booking_id.encode()) for v in values
-            )
+            all((keys.seat_owner(v) or ("", False))[0] == booking_id for v in values)
             for (booking_id, _), values in zip(bookings, replies, strict=True)
         ]
 
     async def booked_values(self, flight_id: int, seats: Sequence[str]) -> dict[str, str]:
         """seat -> booking id of every seat booked for good ("!" values) among ``seats``."""
-        values = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
-        return {
-            seat: v[1:].decode()
-            for seat, v in zip(seats, values, strict=True)
-            if v is not None and v.startswith(keys.BOOKED_PREFIX)
-        }
+        owners = await self.seat_owners(flight_id, seats)
+        return {seat: o[0] for seat, o in zip(seats, owners, strict=True) if o is not None and o[1]}
 
     async def server_run_id(self) -> str:
         """Changes whenever the Redis process restarts."""
         info = await self.redis.info("server")
         return str(info.get("run_id", ""))
 
-    async def seat_values(self, flight_id: int, seats: Sequence[str]) -> list[bytes | None]:
-        """The raw value of each seat key: None (free), a booking id (held), "!" + id (booked)."""
-        values: list[bytes | None] = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
-        return values
+    async def seat_owners(
+        self, flight_id: int, seats: Sequence[str]
+    ) -> list[tuple[str, bool] | None]:
+        """Each seat's (booking id, booked for good), or None where it is free."""
+        values = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
+        return [keys.seat_owner(v) for v in values]
 
     async def live_holds(self, flight_ids: list[int]) -> int:
         """How many holds the deadline indexes of these flights count, in one round trip."""
@@ -271,8 +267,8 @@ class HoldStore:
             return sum(await pipe.execute())
 
     async def seat_statuses(self, flight_id: int, seats: Sequence[str]) -> list[SeatStatus]:
-        values = await self._fast.execute("MGET", *keys.seats(flight_id, seats))
-        return [_status(v) for v in values]
+        owners = await self.seat_owners(flight_id, seats)
+        return [_status(o) for o in owners]
 
     async def free_counts(self, flights: list[tuple[int, Sequence[str]]]) -> list[int]:
         """Free seats of several flights in one round trip."""
@@ -283,12 +279,10 @@ class HoldStore:
         return [sum(1 for v in values if v is None) for values in replies]
 
 
-def _status(value: bytes | str | None) -> SeatStatus:
-    if value is None:
+def _status(owner: tuple[str, bool] | None) -> SeatStatus:
+    if owner is None:
         return SeatStatus.AVAILABLE
-    if value[:1] in (keys.BOOKED_PREFIX, keys.BOOKED_PREFIX.decode()):
-        return SeatStatus.BOOKED
-    return SeatStatus.HELD
+    return SeatStatus.BOOKED if owner[1] else SeatStatus.HELD
 
 
 async def connect_hold_store(url: str, pool_size: int = 64) -> HoldStore:

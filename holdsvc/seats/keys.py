@@ -18,6 +18,15 @@ _MARKER = "e"
 BOOKED_PREFIX = b"!"
 
 
+def seat_owner(value: bytes | None) -> tuple[str, bool] | None:
+    """A seat key's value read: (booking id, booked for good), or None for a free seat."""
+    if value is None:
+        return None
+    if value.startswith(BOOKED_PREFIX):
+        return value[len(BOOKED_PREFIX) :].decode(), True
+    return value.decode(), False
+
+
 def seat(flight_id: int, seat_name: str) -> str:
     return f"{{f:{flight_id}}}:{seat_name}"
 
