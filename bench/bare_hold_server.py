@@ -16,20 +16,22 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from holdsvc import Held, HoldStore, Taken, connect_hold_store
+from holdsvc import Held, HoldMeta, HoldStore, Taken, connect_hold_store
 
 # Its own flights, so its holds never meet holdsvc's in the same Redis.
 FLIGHT_OFFSET = 1_000_000
 TTL_MS = 600_000
 STORE = web.AppKey("store", HoldStore)
 _ids = itertools.count()
+# What the service's hold script writes in a booking's record, so the rung costs the same.
+META = HoldMeta("bench", "10.00", "INR")
 
 
 async def hold(request: web.Request) -> web.Response:
     body = orjson.loads(await request.read())
     booking_id = f"bare{next(_ids)}"
     result = await request.app[STORE].hold(
-        FLIGHT_OFFSET + body["flight_id"], body["seats"], booking_id, TTL_MS
+        FLIGHT_OFFSET + body["flight_id"], body["seats"], booking_id, TTL_MS, META
     )
     if isinstance(result, Held):
         return web.Response(

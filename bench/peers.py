@@ -14,7 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.common import closed_loop
-from bench.store import SEATS, TTL_MS, mark_flights, open_store
+from bench.store import META, SEATS, TTL_MS, mark_flights, open_store
 from holdsvc import Held
 
 FLIGHTS = 2000
@@ -57,7 +57,7 @@ def holdsvc_peer(url: str, seconds: float, max_calls: int) -> dict[str, Any]:
 
         async def attempt(n: int) -> str:
             flight, seats = attempts[n]
-            result = await holds.hold(flight, seats, f"p{n}", TTL_MS)
+            result = await holds.hold(flight, seats, f"p{n}", TTL_MS, META)
             if isinstance(result, Held):
                 won[f"p{n}"] = len(seats)
                 return "held"

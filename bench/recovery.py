@@ -90,7 +90,7 @@ async def expiry_lag(base: Settings, live: int, short: int) -> dict[str, Any]:
         [short_flight] = await make_flights(app, 1)
         seats = [f"{r}{c}" for r in range(1, ROWS + 1) for c in LETTERS][:short]
         ids = [
-            (await app[k.BOOKINGS].hold(HoldRequest(short_flight, "bench", [s], None))).id
+            (await app[k.BOOKINGS].hold(HoldRequest(short_flight, "bench", [s], None))).booking.id
             for s in seats
         ]
         store = app[k.STORE]
@@ -143,7 +143,7 @@ async def restore_time(base: Settings, booked: int, redis_url: str) -> dict[str,
                     break
                 group = seats[i : i + 10]
                 # Through the domain, as a customer books: hold, then pay (the mock gateway).
-                held = await bookings.hold(HoldRequest(f, "bench", group, None))
+                held = (await bookings.hold(HoldRequest(f, "bench", group, None))).booking
                 outcome, _ = await app[k.PAYMENTS].pay(held.id, "pm_card_visa")
                 if outcome is not PayOutcome.CONFIRMED:
                     raise RuntimeError(f"restore_time: booking {held.id} was {outcome}")

@@ -13,12 +13,23 @@ import secrets
 from typing import Any
 
 from bench.common import closed_loop
-from holdsvc import Held, HoldStore, NotRestored, PipelinedRedis, Taken, connect_hold_store
+from holdsvc import (
+    Held,
+    HoldMeta,
+    HoldStore,
+    NotRestored,
+    PipelinedRedis,
+    Taken,
+    connect_hold_store,
+)
 
 LETTERS = "ABCDEF"
 ROWS = 30
 SEATS = [f"{r}{c}" for r in range(1, ROWS + 1) for c in LETTERS]  # 180, as the seed flights
 TTL_MS = 600_000
+
+# Every hold writes its booking record, as the service's holds do.
+META = HoldMeta("bench", "10.00", "INR")
 
 
 async def open_store(url: str) -> HoldStore:
@@ -54,7 +65,7 @@ async def _store_holds(
     async def hold(n: int) -> str:
         flight, slot = divmod(n, per_flight)
         seats = SEATS[slot * 4 : slot * 4 + 4]
-        result = await holds.hold(flights[flight], seats, f"b{prefix}{n}", TTL_MS)
+        result = await holds.hold(flights[flight], seats, f"b{prefix}{n}", TTL_MS, META)
         return "held" if isinstance(result, Held) else "refused"
 
     raw_load = await closed_loop(raw, concurrency, seconds, max_calls)
@@ -93,7 +104,7 @@ async def _contention(url: str, seconds: float, max_calls: int, clients: int) ->
         start = rng.randrange(len(ten))
         seats = ten[start : start + rng.randint(1, 3)]
         bid = f"c{n}"
-        result = await holds.hold(flight, seats, bid, TTL_MS)
+        result = await holds.hold(flight, seats, bid, TTL_MS, META)
         if isinstance(result, Taken):
             return "refused"
         if isinstance(result, NotRestored):
@@ -145,7 +156,7 @@ async def _memory(url: str, seat_count: int) -> dict[str, Any]:
     async def one(f: int, seats: list[str]) -> None:
         async with sem:
             # Booking ids as the service makes them: 16 url-safe characters.
-            result = await holds.hold(f, seats, secrets.token_urlsafe(12), TTL_MS)
+            result = await holds.hold(f, seats, secrets.token_urlsafe(12), TTL_MS, META)
             assert isinstance(result, Held)
 
     await asyncio.gather(*(one(f, s) for f, s in jobs))

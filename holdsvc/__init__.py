@@ -18,7 +18,14 @@ if TYPE_CHECKING:
     from holdsvc.domain.records import NewFlight
     from holdsvc.domain.states import State
     from holdsvc.embedded_redis import EmbeddedRedis, find_binary, free_port
-    from holdsvc.seats.holds import Held, HoldStore, NotRestored, Taken, connect_hold_store
+    from holdsvc.seats.holds import (
+        Held,
+        HoldMeta,
+        HoldStore,
+        NotRestored,
+        Taken,
+        connect_hold_store,
+    )
     from holdsvc.seats.redis_client import PipelinedRedis
     from holdsvc.settings import Settings
 
@@ -33,6 +40,7 @@ _EXPORTS = {
     "find_binary": "holdsvc.embedded_redis",
     "free_port": "holdsvc.embedded_redis",
     "Held": "holdsvc.seats.holds",
+    "HoldMeta": "holdsvc.seats.holds",
     "HoldStore": "holdsvc.seats.holds",
     "NotRestored": "holdsvc.seats.holds",
     "Taken": "holdsvc.seats.holds",
@@ -44,6 +52,7 @@ _EXPORTS = {
 __all__ = [
     "EmbeddedRedis",
     "Held",
+    "HoldMeta",
     "HoldRequest",
     "HoldStore",
     "NewFlight",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
-from holdsvc.domain.bookings import Bookings
+from holdsvc.domain.bookings import Bookings, HoldKey
 from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.flights import Flights
 from holdsvc.domain.health import Health
@@ -26,6 +26,8 @@ METRICS = web.AppKey("metrics", Metrics)
 REQUEST_ID = web.RequestKey("request_id", str)
 # The request's Idempotency-Key, once the middleware has claimed it.
 IDEMPOTENCY_KEY = web.RequestKey("idempotency_key", str)
+# A hold's Idempotency-Key and fingerprint, for the hold script to claim.
+HOLD_KEY = web.RequestKey("hold_key", HoldKey)
 REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", SqlStore)

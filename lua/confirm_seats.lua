@@ -1,7 +1,9 @@
 -- confirm_seats: turn a booking's held seats into booked seats, if the hold is still its own.
 --
--- KEYS[1]        {f:<flight>}:d      deadline index (sorted set: booking id -> deadline, Unix ms)
--- KEYS[2..n+1]   {f:<flight>}:<seat> every seat of the booking
+-- KEYS[1]        {f:<flight>}:d        deadline index (sorted set: booking id -> deadline, ms)
+-- KEYS[2]        {f:<flight>}:b:<id>   the booking's record, deleted with the hold (the booking
+--                                      is in SQL, PAYMENT_PENDING, before any confirm)
+-- KEYS[3..n+2]   {f:<flight>}:<seat>   every seat of the booking
 -- ARGV[1]        booking id
 --
 -- A booked seat's value is "!" .. booking id and it has no TTL, so expiry can never free it.
@@ -16,7 +18,7 @@ local bid = ARGV[1]
 local booked = '!' .. bid
 
 local held = 0
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local v = rcall('GET', KEYS[i])
   if v == bid then
     held = held + 1
@@ -24,10 +26,14 @@ for i = 2, #KEYS do
     return 0
   end
 end
-if held == 0 then return 2 end
+if held == 0 then
+  rcall('DEL', KEYS[2])
+  return 2
+end
 
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   rcall('SET', KEYS[i], booked)
 end
 rcall('ZREM', KEYS[1], bid)
+rcall('DEL', KEYS[2])
 return 1

@@ -1,34 +1,62 @@
--- hold_seats: hold every listed seat for one booking, or none of them.
+-- hold_seats: hold every listed seat for one booking, or none of them, and write the booking's
+-- record beside its seats; with an Idempotency-Key, claim the key and keep the answer under it.
 --
--- KEYS[1]        {f:<flight>}:d      deadline index (sorted set: booking id -> deadline, Unix ms)
--- KEYS[2]        {f:<flight>}:e      the flight's marker: present once its booked seats are in
---                                    this Redis (missing: Redis lost its data, not restored yet)
--- KEYS[3..n+2]   {f:<flight>}:<seat> the seats to hold
+-- KEYS[1]        {f:<flight>}:d        deadline index (sorted set: booking id -> deadline, ms)
+-- KEYS[2]        {f:<flight>}:e        the flight's marker: present once its booked seats are in
+--                                      this Redis (missing: Redis lost its data, not restored)
+-- KEYS[3]        {f:<flight>}:b:<id>   the booking's record (hash), written with the seats
+-- KEYS[4]        {f:<flight>}:k:<key>  the Idempotency-Key's entry (hash); unused without a key
+-- KEYS[5..n+4]   {f:<flight>}:<seat>   the seats to hold
 -- ARGV[1]        booking id, stored as each held seat's value
 -- ARGV[2]        hold time, milliseconds (integer > 0)
+-- ARGV[3]        user id       ARGV[4] amount       ARGV[5] currency
+-- ARGV[6]        the request's fingerprint, or "" for a request without a key
+-- ARGV[7]        how long the key's entry is kept, milliseconds
 --
 -- Returns (closed set):
---   {1, deadline_ms}      every seat held until deadline_ms (Redis clock)
---   {2, i, j, ...}        nothing held: the seats at 1-based positions i, j, ... of KEYS[3..]
---                         are held or booked by someone else
---   {3}                   nothing held: the flight's marker is missing; a free-looking seat
---                         may be sold in SQL, so no seat is held until the flight is restored
+--   {1, deadline_ms, created_ms}  every seat held until deadline_ms (Redis clock)
+--   {2, i, j, ...}                nothing held: the seats at 1-based positions i, j, ... of
+--                                 KEYS[5..] are held or booked by someone else
+--   {3}                           nothing held: the flight's marker is missing; a free-looking
+--                                 seat may be sold in SQL, so nothing is held until restored
+--   {4, <entry>...}               the key's first answer (_hold.lua's replay()); nothing
+--                                 changed
+--   {5}                           the key was used with a different request: nothing changed
 --
--- Each seat is SET NX with PXAT rather than EX: the deadline comes from this script's own TIME,
--- so the seat keys' expiry and the index's score are the same millisecond.
+-- Every key is declared and every read comes before the first write, so a script that Redis
+-- Cluster refuses part-way (a slot being migrated) has changed nothing. Each seat is SET NX
+-- with PXAT: the deadline comes from this script's own clock, so the seat keys' expiry and
+-- the index's score are the same millisecond.
 local rcall = redis.call
+local keyed = ARGV[6] ~= ''
 
+if keyed then
+  local first = replay(KEYS[4], ARGV[6])
+  if first then return first end
+end
 if rcall('EXISTS', KEYS[2]) == 0 then return {3} end
 
 local taken = {2}
-for i = 3, #KEYS do
-  if rcall('EXISTS', KEYS[i]) == 1 then taken[#taken + 1] = i - 2 end
+local names = {}
+for i = 5, #KEYS do
+  if rcall('EXISTS', KEYS[i]) == 1 then
+    taken[#taken + 1] = i - 4
+    names[#names + 1] = string.sub(KEYS[i], #KEYS[1])
+  end
 end
-if #taken > 1 then return taken end
+if #taken > 1 then
+  if keyed then remember_refusal(KEYS[4], ARGV[6], ARGV[7], 't', table.concat(names, ',')) end
+  return taken
+end
 
-local deadline = string.format('%d', now_ms() + tonumber(ARGV[2]))
-for i = 3, #KEYS do
+local now = now_ms()
+local deadline = string.format('%d', now + tonumber(ARGV[2]))
+local seats = {}
+for i = 5, #KEYS do
   rcall('SET', KEYS[i], ARGV[1], 'NX', 'PXAT', deadline)
+  seats[#seats + 1] = string.sub(KEYS[i], #KEYS[1])
 end
 rcall('ZADD', KEYS[1], deadline, ARGV[1])
-return {1, tonumber(deadline)}
+write_record(KEYS[3], table.concat(seats, ','), deadline, now)
+if keyed then remember_hold(KEYS[4], ARGV[6], ARGV[7], ARGV[1], table.concat(seats, ','), deadline, now) end
+return {1, tonumber(deadline), now}

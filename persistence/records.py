@@ -86,6 +86,8 @@ class BookingRecord:
     created_at: int
     updated_at: int
     payment: PaymentRecord | None
+    # False for a hold that lives only in Redis so far (read from its record).
+    in_sql: bool = True
 
 
 @dataclass(frozen=True, slots=True)

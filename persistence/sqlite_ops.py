@@ -71,65 +71,123 @@ def _change_payment(
         raise PaymentChanged(booking_id, row[0] if row else None)
 
 
-class InsertHold(BatchOp):
-    """One hold's rows; holds queued together are written with one ``executemany`` a table."""
+class InsertBooking(BatchOp):
+    """A booking enters SQL from its Redis hold: its row, seats and history (created, then
+    held at ``created_at``, then ``move`` now), with the payment a pay starts, if any.
 
-    def __init__(self, booking: NewBooking, supersede: Move, at: int) -> None:
+    Bookings queued together are written with one multi-row INSERT a table. A booking already
+    in SQL is not written again: the op answers its state, as a compare-and-set that did not
+    hold would. A seat SQL says is owned for good raises :class:`SeatOwnedInSql` (the fence).
+    """
+
+    def __init__(
+        self,
+        booking: NewBooking,
+        move: Move,
+        supersede: Move,
+        at: int,
+        payment: PaymentChange | None,
+    ) -> None:
         self.booking = booking
+        self.move = move
         self.supersede = supersede
         self.at = at
+        self.payment = payment
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Sent to the writer process once per hold: plain tuples pickle in ~1 us, where the
-        # dataclasses' own pickling (fields() per object) took ~10 us of the event loop.
-        b, m = self.booking, self.supersede
-        return _load_insert_hold, (
+        # Plain tuples pickle in ~1 us, where the dataclasses' own pickling (fields() per
+        # object) took ~10 us of the event loop.
+        b, m, s = self.booking, self.move, self.supersede
+        return _load_insert_booking, (
             (b.id, b.flight_id, b.user_id, b.state, b.seats, b.amount, b.currency,
              b.hold_expires_at, b.created_at),
             (m.target, m.sources, m.cause, m.seats_live),
+            (s.target, s.sources, s.cause, s.seats_live),
             self.at,
+            self.payment,
         )  # fmt: skip
 
-    def _rows(self) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[Any, ...]]:
-        b = self.booking
+    def _rows(self) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        b, m = self.booking, self.move
         booking = (
-            b.id, b.flight_id, b.user_id, b.state, b.amount, b.currency,
+            b.id, b.flight_id, b.user_id, m.target, b.amount, b.currency,
             b.hold_expires_at, b.created_at, self.at,
         )  # fmt: skip
-        seats = [(b.id, i, b.flight_id, s) for i, s in enumerate(b.seats)]
-        return booking, seats, (b.id, b.state, self.at)
+        live = 1 if m.seats_live else 0
+        seats = [(b.id, i, b.flight_id, s, live) for i, s in enumerate(b.seats)]
+        history = [(b.id, State.INITIATED.value, State.SEAT_HELD.value, "hold", b.created_at)]
+        if m.target != State.SEAT_HELD.value:  # written still held: a copy of a live hold
+            history.append((b.id, State.SEAT_HELD.value, m.target, m.cause, self.at))
+        return booking, seats, history
 
     @classmethod
     def run_batch(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[Any]:
-        # Any seat conflict (a stale holder to supersede) raises here, and every op is then
-        # run alone by __call__, which deals with it.
+        # Any conflict (a booking already written, a stale holder to supersede) raises here,
+        # and every op is then run alone by __call__, which deals with it.
         rows = [op._rows() for op in ops]
         _insert_many(conn, _INSERT_BOOKING, [r[0] for r in rows])
         _insert_many(conn, _INSERT_SEAT, [seat for r in rows for seat in r[1]])
-        _insert_many(conn, _INSERT_HOLD_TRANSITION, [r[2] for r in rows])
-        return [[] for _ in ops]
+        _insert_many(conn, _INSERT_TRANSITION, [h for r in rows for h in r[2]])
+        payments = [_payment_row(op.booking.id, op.payment, op.at) for op in ops if op.payment]
+        if payments:
+            _insert_many(conn, _INSERT_PAYMENT, payments)
+        return [
+            (Moved(True, op.move.target, State.SEAT_HELD.value, op.booking.hold_expires_at), [])
+            for op in ops
+        ]
 
-    def __call__(self, conn: sqlite3.Connection) -> list[tuple[str, Moved]]:
+    def __call__(self, conn: sqlite3.Connection) -> tuple[Moved, list[tuple[str, Moved]]]:
         b, supersede = self.booking, self.supersede
-        owners = conn.execute(
-            "SELECT DISTINCT bs.booking_id, b.state FROM booking_seats bs"
-            " JOIN bookings b ON b.id = bs.booking_id"
-            f" WHERE bs.flight_id = ? AND bs.live = 1 AND bs.seat IN ({marks(b.seats)})",
-            (b.flight_id, *b.seats),
-        ).fetchall()
-        blocking = {bid: state for bid, state in owners if state not in supersede.sources}
-        if blocking:
-            raise SeatOwnedInSql(blocking)
-        superseded = [(bid, _move(conn, bid, supersede, self.at)) for bid, _ in owners]
-        booking, seats, transition = self._rows()
+        row = conn.execute("SELECT state FROM bookings WHERE id = ?", (b.id,)).fetchone()
+        if row is not None:
+            return Moved(False, row[0]), []
+        superseded: list[tuple[str, Moved]] = []
+        if self.move.seats_live:
+            owners = conn.execute(
+                "SELECT DISTINCT bs.booking_id, b.state FROM booking_seats bs"
+                " JOIN bookings b ON b.id = bs.booking_id"
+                f" WHERE bs.flight_id = ? AND bs.live = 1 AND bs.seat IN ({marks(b.seats)})",
+                (b.flight_id, *b.seats),
+            ).fetchall()
+            blocking = {bid: state for bid, state in owners if state not in supersede.sources}
+            if blocking:
+                raise SeatOwnedInSql(blocking)
+            superseded = [(bid, _move(conn, bid, supersede, self.at)) for bid, _ in owners]
+        booking, seats, history = self._rows()
         conn.execute(_INSERT_BOOKING, booking)
         conn.executemany(_INSERT_SEAT, seats)
-        conn.execute(_INSERT_HOLD_TRANSITION, transition)
-        return superseded
+        conn.executemany(_INSERT_TRANSITION, history)
+        if self.payment is not None:
+            conn.execute(_INSERT_PAYMENT, _payment_row(b.id, self.payment, self.at))
+        return Moved(True, self.move.target, State.SEAT_HELD.value, b.hold_expires_at), superseded
 
 
-def _load_insert_hold(booking: tuple[Any, ...], supersede: tuple[Any, ...], at: int) -> InsertHold:
-    return InsertHold(NewBooking(*booking), Move(*supersede), at)
+def _load_insert_booking(
+    booking: tuple[Any, ...],
+    move: tuple[Any, ...],
+    supersede: tuple[Any, ...],
+    at: int,
+    payment: PaymentChange | None,
+) -> InsertBooking:
+    return InsertBooking(NewBooking(*booking), Move(*move), Move(*supersede), at, payment)
+
+
+def end_holds(
+    conn: sqlite3.Connection,
+    booking_ids: list[str],
+    records: dict[str, NewBooking],
+    move: Move,
+    at: int,
+) -> list[tuple[str, Moved]]:
+    """``move`` for each booking: a compare-and-set where SQL has the booking, else its row
+    written from its Redis record, already in ``move``'s state (a hold SQL never saw)."""
+    out: list[tuple[str, Moved]] = []
+    for bid in booking_ids:
+        moved = _move(conn, bid, move, at)
+        if not moved.moved and moved.state is None and bid in records:
+            moved, _ = InsertBooking(records[bid], move, move, at, None)(conn)
+        out.append((bid, moved))
+    return out
 
 
 def _insert_many(conn: sqlite3.Connection, insert: str, rows: list[tuple[Any, ...]]) -> None:
@@ -155,11 +213,10 @@ _INSERT_BOOKING = (
     " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SEAT = (
-    "INSERT INTO booking_seats (booking_id, pos, flight_id, seat, live) VALUES (?, ?, ?, ?, 1)"
+    "INSERT INTO booking_seats (booking_id, pos, flight_id, seat, live) VALUES (?, ?, ?, ?, ?)"
 )
-_INSERT_HOLD_TRANSITION = (
-    "INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
-    f" VALUES (?, '{State.INITIATED}', ?, 'hold', ?)"
+_INSERT_TRANSITION = (
+    "INSERT INTO transitions (booking_id, from_state, to_state, cause, at) VALUES (?, ?, ?, ?, ?)"
 )
 
 

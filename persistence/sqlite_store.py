@@ -36,11 +36,12 @@ from persistence.records import (
 from persistence.sqlite_keys import SqliteKeys
 from persistence.sqlite_ops import (
     PRAGMAS_REPORTED,
-    InsertHold,
+    InsertBooking,
     TransitionOp,
     change_payment_in,
     create_flight,
     create_schema,
+    end_holds,
     marks,
     move_many,
     read_pragmas,
@@ -189,25 +190,55 @@ class SqlStore(SqliteKeys):
 
     # ----- bookings
 
-    async def insert_hold(self, booking: NewBooking, supersede: Move) -> list[str]:
-        """Record a booking whose seats Redis just granted it.
+    async def insert_booking(
+        self,
+        booking: NewBooking,
+        move: Move,
+        supersede: Move,
+        payment: PaymentChange | None = None,
+    ) -> tuple[Moved, list[str]]:
+        """Write a booking that so far lived only in Redis, already moved by ``move``.
 
-        Redis granting a seat proves that whoever held it before lost the hold; a live SQL row
+        Its seats Redis granted it: whoever held them before lost the hold, so a live SQL row
         of such a holder (its expiry not recorded yet) is moved by ``supersede`` in the same
-        transaction. Returns the ids so moved. A seat owned for good raises
-        :class:`SeatOwnedInSql` and nothing is written.
+        transaction; their ids are returned. A seat owned for good raises
+        :class:`SeatOwnedInSql` and nothing is written. A booking already in SQL is left as
+        it is, answered ``Moved(False, its state)``.
         """
         at = now_ms()
-        superseded: list[tuple[str, Moved]] = await self._writer.submit(
-            InsertHold(booking, supersede, at)
+        moved, superseded = await self._writer.submit(
+            InsertBooking(booking, move, supersede, at, payment)
         )
-        if self.on_transition is not None:
-            for bid, moved in superseded:
-                self._notify(bid, moved, supersede, at)
+        for bid, old in superseded:
+            self._notify(bid, old, supersede, at)
+        self._notify_inserted(booking, moved, move, at)
+        return moved, [bid for bid, _ in superseded]
+
+    async def end_holds(
+        self, booking_ids: Sequence[str], records: dict[str, NewBooking], move: Move
+    ) -> list[str]:
+        """``move`` for many bookings in one commit: a compare-and-set where SQL has the
+        booking, else its row written from its Redis record. Returns those moved."""
+        at = now_ms()
+        outcomes = await self._writer.submit(
+            Call(end_holds, (list(booking_ids), records, move, at))
+        )
+        for bid, moved in outcomes:
+            if bid in records and moved.previous == State.SEAT_HELD.value:
+                self._notify_inserted(records[bid], moved, move, at)
+            else:
+                self._notify(bid, moved, move, at)
+        return [bid for bid, moved in outcomes if moved.moved]
+
+    def _notify_inserted(self, booking: NewBooking, moved: Moved, move: Move, at: int) -> None:
+        if self.on_transition is not None and moved.moved:
             self.on_transition(
-                Transition(booking.id, State.INITIATED.value, booking.state, "hold", at, None)
-            )
-        return [bid for bid, _ in superseded]
+                Transition(
+                    booking.id, State.INITIATED.value, State.SEAT_HELD.value, "hold",
+                    booking.created_at, None,
+                )
+            )  # fmt: skip
+            self._notify(booking.id, moved, move, at)
 
     async def transition(
         self,

@@ -17,9 +17,11 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from holdsvc import appkeys
+from holdsvc.domain.bookings import new_booking
 from holdsvc.domain.states import State, move
 from holdsvc.embedded_redis import free_port
-from persistence.records import PaymentChange
+from persistence.records import Move, NewBooking, PaymentChange
+from persistence.sqlite_store import SqlStore
 
 Client = TestClient[Any, Any]
 
@@ -138,12 +140,30 @@ async def pending_with_charge(client: Client, flight_id: int, seats: list[str]) 
     booking = await hold(client, flight_id, seats)
     bid = booking["id"]
     store, holds = client.app[appkeys.STORE], client.app[appkeys.HOLDS]
-    await store.transition(
-        bid,
+    # As a pay writes it: the booking enters SQL PAYMENT_PENDING with its payment.
+    held = await client.app[appkeys.BOOKINGS].get(bid)
+    moved, _ = await store.insert_booking(
+        new_booking(held),
         move(State.PAYMENT_PENDING, "pay"),
-        payment=PaymentChange("pending", method="pm_card_visa", amount="200.00", currency="INR"),
+        move(State.EXPIRED, "superseded"),
+        PaymentChange("pending", method="pm_card_visa", amount="200.00", currency="INR"),
     )
+    assert moved.moved
     charge = await client.app[appkeys.GATEWAY].charge(bid, "200.00", "INR", "pm_card_visa")
     assert charge.captured
     await holds.confirm(flight_id, seats, bid)
     return str(bid)
+
+
+HELD = move(State.SEAT_HELD, "hold")
+
+
+async def insert_held(
+    store: SqlStore, booking: NewBooking, supersede: Move | None = None
+) -> list[str]:
+    """Write a booking into SQL still SEAT_HELD, as a write-behind copy of a hold would: the
+    store's API, for tests of the store itself (the service writes bookings from pay on)."""
+    _, superseded = await store.insert_booking(
+        booking, HELD, supersede or move(State.EXPIRED, "superseded")
+    )
+    return superseded

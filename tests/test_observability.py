@@ -67,6 +67,9 @@ async def test_json_logs_one_line_per_request_and_per_transition(
             headers={"X-Request-ID": "req-42"},
         ) as resp:
             booking_id = (await resp.json())["id"]
+        # A hold reaches SQL with its first money step or its outcome: here, a cancel.
+        async with http.post(f"{node.base}/api/bookings/{booking_id}/cancel/") as resp:
+            assert resp.status == 200
     lines = [json.loads(line) for line in node.stop().splitlines() if line.startswith("{")]
     access = [x for x in lines if x["logger"] == "holdsvc.access"]
     assert any(
@@ -84,3 +87,6 @@ async def test_json_logs_one_line_per_request_and_per_transition(
         "to": "SEAT_HELD",
         "cause": "hold",
     }.items() <= moves[0].items()
+    assert {"booking_id": booking_id, "from": "SEAT_HELD", "to": "CANCELLED"}.items() <= (
+        moves[1].items()
+    )

@@ -11,7 +11,14 @@ import pytest
 from redis.asyncio import Redis
 
 from holdsvc import EmbeddedRedis, Held, HoldStore, NotRestored, PipelinedRedis, Taken
-from holdsvc.seats.holds import Confirm, NotEnough
+from holdsvc.seats.holds import (
+    Confirm,
+    HoldMeta,
+    KeyClaim,
+    KeyMismatch,
+    NotEnough,
+    Replayed,
+)
 from holdsvc.seats.scripts import (
     LUA_DIR,
     NAMES,
@@ -24,7 +31,7 @@ from tests.helpers import Client, hold, new_flight, seat_map
 
 
 async def test_every_script_has_a_contract_header() -> None:
-    files = {p.stem for p in LUA_DIR.glob("*.lua")} - {PRELUDE.removesuffix(".lua")}
+    files = {p.stem for p in LUA_DIR.glob("*.lua")} - {n.removesuffix(".lua") for n in PRELUDE}
     assert files == set(NAMES), "every script in lua/ is loaded, and only those"
     for name in NAMES:
         text = (LUA_DIR / f"{name}.lua").read_text()
@@ -43,18 +50,18 @@ async def test_every_documented_reply_maps_to_its_result(
     """Drive each script into each code of its closed set, through the hold store."""
     store = await _store(redis, redis_server.url)
     try:
-        fid, ttl = 7, 60_000
+        fid, ttl, m = 7, 60_000, META
         # Before a restore the marker is missing: hold scripts answer {3}.
-        assert isinstance(await store.hold(fid, ["1A"], "b1", ttl), NotRestored)
-        assert isinstance(await store.hold_best(fid, 1, 2, "AB", "b1", ttl), NotRestored)
+        assert isinstance(await store.hold(fid, ["1A"], "b1", ttl, m), NotRestored)
+        assert isinstance(await store.hold_best(fid, 1, 2, "AB", "b1", ttl, m), NotRestored)
         await store.restore(fid, [("2B", "sold")], "run-1")  # restore_seats: n >= 0
-        held = await store.hold(fid, ["1A", "1B"], "b1", ttl)  # {1, deadline}
+        held = await store.hold(fid, ["1A", "1B"], "b1", ttl, m)  # {1, deadline}
         assert isinstance(held, Held) and held.seats == ["1A", "1B"]
-        taken = await store.hold(fid, ["1C", "1B", "2B"], "b2", ttl)  # {2, i, j}
+        taken = await store.hold(fid, ["1C", "1B", "2B"], "b2", ttl, m)  # {2, i, j}
         assert isinstance(taken, Taken) and taken.seats == ["1B", "2B"]
-        best = await store.hold_best(fid, 1, 2, "AB", "b3", ttl)  # {1, deadline, seat}
+        best = await store.hold_best(fid, 1, 2, "AB", "b3", ttl, m)  # {1, deadline, seat}
         assert isinstance(best, Held) and best.seats == ["2A"]
-        none = await store.hold_best(fid, 1, 2, "AB", "b4", ttl)  # {2, free}
+        none = await store.hold_best(fid, 1, 2, "AB", "b4", ttl, m)  # {2, free}
         assert isinstance(none, NotEnough) and none.free == 0
         paying = await store.begin_payment(fid, ["1A", "1B"], "b1", ttl)  # {1, deadline}
         assert paying is not None and paying >= held.deadline_ms
@@ -63,20 +70,36 @@ async def test_every_documented_reply_maps_to_its_result(
         assert await store.confirm(fid, ["1A", "1B"], "b1") is Confirm.ALREADY_BOOKED  # 2
         assert await store.confirm(fid, ["2A"], "b2") is Confirm.HOLD_LOST  # 0
         assert await store.due(fid, 10) == []  # {} (nothing past its deadline)
-        short = await store.hold(fid, ["3A"], "b5", 1)
+        short = await store.hold(fid, ["3A"], "b5", 1, m)
         assert isinstance(short, Held)
         await asyncio.sleep(0.05)
         assert await store.due(fid, 10) == ["b5"]  # {booking id, ...}
         assert await store.release(fid, ["2A"], "b3") == 1  # n >= 0
         assert await store.release(fid, ["2A"], "b3") == 0
+        # With a key: the first answer ({4, ...}) and a different request ({5}).
+        key = KeyClaim("k1", "fp1", 60_000)
+        first = await store.hold(fid, ["4A"], "b6", ttl, m, key)
+        again = await store.hold(fid, ["4A"], "b7", ttl, m, key)
+        assert isinstance(first, Held) and isinstance(again, Replayed)
+        assert again.booking_id == "b6" and again.first == first and again.meta == m
+        other = KeyClaim("k1", "fp2", 60_000)
+        assert isinstance(await store.hold(fid, ["4B"], "b8", ttl, m, other), KeyMismatch)
+        assert isinstance(await store.hold_best(fid, 1, 2, "AB", "b8", ttl, m, other), KeyMismatch)
+        refused = await store.hold(fid, ["4A"], "b9", ttl, m, KeyClaim("k2", "fp", 60_000))
+        replay = await store.hold(fid, ["4A"], "b9", ttl, m, KeyClaim("k2", "fp", 60_000))
+        assert isinstance(refused, Taken)
+        assert isinstance(replay, Replayed) and replay.first == Taken(["4A"])
     finally:
         await store.close()
 
 
+META = HoldMeta("u1", "10.00", "INR")
+
+
 # A reply outside each script's closed set, and the call that meets it.
 OUT_OF_SET: dict[str, tuple[str, Callable[[HoldStore], Awaitable[object]]]] = {
-    "hold_seats": ("{1}", lambda s: s.hold(1, ["1A"], "b", 1000)),
-    "hold_best": ("{1, 5, '1A'}", lambda s: s.hold_best(1, 2, 1, "AB", "b", 1000)),
+    "hold_seats": ("{1}", lambda s: s.hold(1, ["1A"], "b", 1000, META)),
+    "hold_best": ("{1, 5, 6, '1A'}", lambda s: s.hold_best(1, 2, 1, "AB", "b", 1000, META)),
     "begin_payment": ("{2}", lambda s: s.begin_payment(1, ["1A"], "b", 1000)),
     "confirm_seats": ("3", lambda s: s.confirm(1, ["1A"], "b")),
     "release_seats": ("2", lambda s: s.release(1, ["1A"], "b")),

@@ -99,7 +99,7 @@ async def test_three_writers_on_one_file_apply_every_move_once(
 
     async def lapsed_recorded() -> bool:
         found = moves()
-        return all(found[b][-1] == "EXPIRED" for b, k in kinds.items() if k == "lapse")
+        return all(found[b][-1:] == ["EXPIRED"] for b, k in kinds.items() if k == "lapse")
 
     await eventually(lapsed_recorded, timeout=25, interval=0.5)
     found = moves()

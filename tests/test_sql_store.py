@@ -32,7 +32,7 @@ from persistence.records import (
 )
 from persistence.sqlite_store import SqlStore
 from persistence.writer import Call, GroupCommitWriter, WriterClosed
-from tests.helpers import eventually, hold, new_flight, seat_map
+from tests.helpers import eventually, hold, insert_held, new_flight, seat_map
 
 SUPERSEDE = move(State.EXPIRED, "superseded")
 FLIGHT = NewFlight("HS9", "DEL", "BOM", "2026-12-01T09:30:00Z", 2, "AB", "10.00", "INR")
@@ -70,13 +70,13 @@ async def test_every_connection_is_wal_and_synchronous_full(store: SqlStore) -> 
 async def test_a_sold_seat_cannot_be_written_to_a_second_booking(store: SqlStore) -> None:
     flight = await store.create_flight(FLIGHT)
     supersede = move(State.EXPIRED, "superseded")
-    await store.insert_hold(booking("a", flight.id, ["1A"]), supersede)
+    await insert_held(store, booking("a", flight.id, ["1A"]), supersede)
     assert (await store.transition("a", move(State.PAYMENT_PENDING, "pay"))).moved
     assert (await store.transition("a", move(State.CONFIRMED, "paid"))).moved
 
     # A stale holder (Redis lost its data, or a GC pause) cannot sell the seat again.
     with pytest.raises(SeatOwnedInSql):
-        await store.insert_hold(booking("b", flight.id, ["1B", "1A"]), supersede)
+        await insert_held(store, booking("b", flight.id, ["1B", "1A"]), supersede)
     assert await store.get_booking("b") is None
     assert await store.live_seats(flight.id) == [("1A", "a", "CONFIRMED")]
 
@@ -91,7 +91,7 @@ async def test_a_sold_seat_cannot_be_written_to_a_second_booking(store: SqlStore
 
 async def test_compare_and_set_refuses_moves_outside_the_table(store: SqlStore) -> None:
     flight = await store.create_flight(FLIGHT)
-    await store.insert_hold(booking("c", flight.id, ["2A"]), move(State.EXPIRED, "superseded"))
+    await insert_held(store, booking("c", flight.id, ["2A"]), move(State.EXPIRED, "superseded"))
     refused = await store.transition("c", move(State.REFUNDED, "refund"))
     assert not refused.moved and refused.state == "SEAT_HELD"
     assert (await store.transition("c", move(State.EXPIRED, "test"))).moved
@@ -111,8 +111,8 @@ async def test_concurrent_writes_share_commits(store: SqlStore) -> None:
     n = 200
     await asyncio.gather(
         *(
-            store.insert_hold(
-                booking(f"g{i}", flight.id, [f"{i}Z"]), move(State.EXPIRED, "superseded")
+            insert_held(
+                store, booking(f"g{i}", flight.id, [f"{i}Z"]), move(State.EXPIRED, "superseded")
             )
             for i in range(n)
         )
@@ -130,7 +130,7 @@ async def test_a_failing_commit_observer_does_not_stop_the_writer(store: SqlStor
     flight = await store.create_flight(FLIGHT)
     # Every write after the broken observer still commits and answers.
     await asyncio.wait_for(store.heartbeat("i1"), 5)
-    await asyncio.wait_for(store.insert_hold(booking("a", flight.id, ["1A"]), SUPERSEDE), 5)
+    await asyncio.wait_for(insert_held(store, booking("a", flight.id, ["1A"]), SUPERSEDE), 5)
     assert (await store.get_booking("a")) is not None
 
 
@@ -237,8 +237,8 @@ def test_the_writer_process_ends_with_its_service(tmp_path: Path) -> None:
 
 async def test_concurrent_reads_each_get_their_own_booking(store: SqlStore) -> None:
     flight = await store.create_flight(FLIGHT)
-    await store.insert_hold(booking("a", flight.id, ["1A", "2B"]), SUPERSEDE)
-    await store.insert_hold(booking("b", flight.id, ["1B"]), SUPERSEDE)
+    await insert_held(store, booking("a", flight.id, ["1A", "2B"]), SUPERSEDE)
+    await insert_held(store, booking("b", flight.id, ["1B"]), SUPERSEDE)
     # Issued in one loop turn, so they share queries; duplicates and a miss included.
     got = await asyncio.gather(*(store.get_booking(i) for i in ["a", "b", "nope", "a", "b"]))
     assert [g.id if g else None for g in got] == ["a", "b", None, "a", "b"]
@@ -254,7 +254,7 @@ async def test_an_id_sqlite_cannot_encode_is_not_found_and_harms_no_other_read(
     store: SqlStore,
 ) -> None:
     flight = await store.create_flight(FLIGHT)
-    await store.insert_hold(booking("a", flight.id, ["1A"]), SUPERSEDE)
+    await insert_held(store, booking("a", flight.id, ["1A"]), SUPERSEDE)
     # A lone surrogate cannot be encoded for SQLite; it is asked in the same turn as "a".
     good, bad = await asyncio.gather(store.get_booking("a"), store.get_booking("\udcff"))
     assert good is not None and good.id == "a"
@@ -274,7 +274,7 @@ async def test_overlapping_flight_listings_list_each_flight_once(store: SqlStore
 async def test_transitions_queued_together_each_get_their_own_answer(store: SqlStore) -> None:
     flight = await store.create_flight(FLIGHT)
     for bid, seat in (("a", "1A"), ("b", "1B"), ("c", "2A"), ("d", "2B")):
-        await store.insert_hold(booking(bid, flight.id, [seat]), SUPERSEDE)
+        await insert_held(store, booking(bid, flight.id, [seat]), SUPERSEDE)
     pending = PaymentChange("pending", method="pm_card_visa", amount="10.00", currency="INR")
     # All valid: they share one group and its statements.
     first = await asyncio.gather(
@@ -348,7 +348,7 @@ async def test_the_service_answers_503_while_its_writer_is_replaced(
     client: TestClient[Any, Any], settings: Settings
 ) -> None:
     flight = await new_flight(client)
-    await hold(client, flight["id"], ["1A"])
+    first = await hold(client, flight["id"], ["1A"])
     store = client.app[STORE]
     db = settings.db_path
     files = [Path(f"{db}{suffix}") for suffix in ("", "-wal", "-shm")]
@@ -361,15 +361,15 @@ async def test_the_service_answers_503_while_its_writer_is_replaced(
     os.kill(dead, signal.SIGKILL)
 
     async def refused() -> bool:
-        resp = await client.post(
-            "/api/bookings/", json={"flight_id": flight["id"], "user_id": "u2", "seats": ["1B"]}
-        )
+        resp = await client.post(f"/api/bookings/{first['id']}/pay/")
         return resp.status == 503 and resp.headers["Retry-After"] == "1"
 
+    # A pay needs SQL: 503. A hold does not: it still answers, from Redis alone.
     await eventually(refused, timeout=5)
     health = await client.get("/healthz")
     assert health.status == 503 and (await health.json())["sql"] == "unavailable"
-    assert (await seat_map(client, flight["id"]))["1B"] == "available"  # released again
+    second = await hold(client, flight["id"], ["1B"], user="u2")
+    assert (await seat_map(client, flight["id"]))["1A"] == "held"
 
     db.rmdir()
     for f in files:
@@ -379,4 +379,6 @@ async def test_the_service_answers_503_while_its_writer_is_replaced(
         return (await client.get("/healthz")).status == 200
 
     await eventually(healthy, timeout=15)
-    await hold(client, flight["id"], ["1B"], user="u2")
+    for booking in (first, second):
+        paid = await client.post(f"/api/bookings/{booking['id']}/pay/")
+        assert paid.status == 200, await paid.text()

@@ -1,11 +1,13 @@
 """Holds and their release: each action checks the state machine, does its atomic Redis step
-and its compare-and-set in SQL, in the order that keeps a seat from ever being sold twice.
-The money steps are in :mod:`holdsvc.domain.payments`.
+and, where money or an outcome is involved, its compare-and-set in SQL, in the order that keeps
+a seat from ever being sold twice. The money steps are in :mod:`holdsvc.domain.payments`.
 
 Ordering rules, and why:
-- A hold is granted by Redis first (the atomic all-or-nothing step), then recorded in SQL.
-- A cancel commits CANCELLED in SQL before Redis frees the seats, so a crash in between can
-  leave a seat blocked, never sold twice.
+- A hold is one Redis script: the seats, the deadline index, the booking's record and the
+  Idempotency-Key's entry, all or nothing. SQL does not see it until its first money step
+  (pay) or its outcome (cancel, expiry), which is written from the record.
+- A cancel commits CANCELLED in SQL before Redis frees the seats (and drops the record), so a
+  crash in between can leave a seat blocked until its TTL, never sold twice.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from decimal import Decimal
 from redis.exceptions import RedisError
 
 from holdsvc.domain.errors import (
+    IdempotencyMismatch,
     InvalidTransition,
     NotFound,
     SeatsNotAvailable,
@@ -28,40 +31,56 @@ from holdsvc.domain.errors import (
     ValidationError,
 )
 from holdsvc.domain.flights import Flight, Flights
-from holdsvc.domain.records import (
-    BookingRecord,
-    NewBooking,
-    SeatOwnedInSql,
-    now_ms,
-)
+from holdsvc.domain.records import BookingRecord, NewBooking, now_ms
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.states import State, move, require
 from holdsvc.domain.store import BookingStore
 from holdsvc.metrics import Metrics
-from holdsvc.seats.holds import Held, HoldStore, NotEnough, NotRestored, Taken
+from holdsvc.seats.holds import (
+    Held,
+    HoldMeta,
+    HoldRecord,
+    HoldStore,
+    KeyClaim,
+    KeyMismatch,
+    NotEnough,
+    NotRestored,
+    Replayed,
+    Taken,
+)
 from holdsvc.settings import Settings
 from holdsvc.tasks import stop
 
 log = logging.getLogger(__name__)
 
-# Built once: a hold's insert carries it, and a frozenset per hold showed in profiles.
+# Said on an answer that is a key's first answer given again (the IETF draft's and Stripe's
+# name).
+REPLAYED_HEADER = "Idempotent-Replayed"
+# Built once: every write of a booking into SQL carries it, and a frozenset per call showed
+# in profiles.
 SUPERSEDE = move(State.EXPIRED, "superseded")
 # Attempts, 1 s apart doubling to 30 s, to take back a hold whose Redis reply was lost; past
 # them the hold's own TTL frees the seats.
 COMPENSATE_TRIES = 8
 
 
-def new_booking_id() -> str:
-    """48 bits of milliseconds, then 72 random bits: 20 characters.
+def new_booking_id(flight_id: int) -> str:
+    """48 bits of milliseconds and 72 random bits (20 characters), then ``.`` and the flight.
 
     The random part makes it unguessable; the time prefix makes SQL's primary-key inserts
-    land at the end of their B-trees instead of at random pages. With purely random ids each
-    group commit dirtied (and fsync'd) a page per booking in every booking index, and the
-    SQL writer, not Redis or HTTP, limited the hold rate. Short, because it is every held
-    seat's value in Redis.
+    land at the end of their B-trees instead of at random pages (with random ids each group
+    commit dirtied a page per booking in every index). The flight id lets a read find the
+    booking's Redis record, which lives in its flight's slot, before SQL has the booking.
+    Short, because it is every held seat's value in Redis.
     """
     raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + secrets.token_bytes(9)
-    return base64.urlsafe_b64encode(raw).decode()
+    return f"{base64.urlsafe_b64encode(raw).decode()}.{flight_id}"
+
+
+def flight_of_booking(booking_id: str) -> int | None:
+    """The flight a booking id names, or None for an id that names none (an older id, junk)."""
+    _, dot, flight = booking_id.rpartition(".")
+    return int(flight) if dot and flight.isdigit() and len(flight) < 10 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +89,21 @@ class HoldRequest:
     user_id: str
     seats: list[str] | None
     seat_count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HoldKey:
+    """An Idempotency-Key on a hold: the key and the request's fingerprint (hex)."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldAnswer:
+    booking: BookingRecord
+    # The key's first answer, given again: nothing was held now.
+    replayed: bool = False
 
 
 class Bookings:
@@ -91,20 +125,50 @@ class Bookings:
         self._background: set[asyncio.Task[None]] = set()
 
     async def get(self, booking_id: str) -> BookingRecord:
+        """From SQL once the booking is there; before that, from its hold's Redis record."""
         booking = await self._store.get_booking(booking_id)
-        if booking is None:
+        if booking is not None:
+            return booking
+        flight_id = flight_of_booking(booking_id)
+        record = None if flight_id is None else await self._holds.record(flight_id, booking_id)
+        if record is None:
             raise NotFound("Booking not found")
+        if record.deadline_ms > now_ms():
+            return held_booking(record)
+        # Lapsed, and nothing has recorded it yet (an expiry event missed, the sweeper not
+        # round yet): whoever sees it first records it, so no reader is told SEAT_HELD.
+        await self.record_lapsed(held_booking(record), "read-after-expiry")
+        booking = await self._store.get_booking(booking_id)
+        if booking is None:  # impossible once end_holds committed; never guessed past
+            raise RuntimeError(f"lapsed hold {booking_id} was not written to SQL")
         return booking
 
-    async def hold(self, req: HoldRequest) -> BookingRecord:
+    async def record_lapsed(self, booking: BookingRecord, cause: str) -> None:
+        """Record EXPIRED for a hold whose deadline passed: a compare-and-set from the state
+        seen if SQL has the booking, else its row written from its Redis record; the record
+        and its deadline entry go only once that is committed."""
+        expire = move(State.EXPIRED, cause, only_from=State(booking.state))
+        if booking.in_sql:
+            await self._store.transition(booking.id, expire)
+            return
+        await self._store.end_holds([booking.id], {booking.id: new_booking(booking)}, expire)
+        await self._holds.forget(booking.flight_id, [booking.id])
+
+    async def hold(self, req: HoldRequest, key: HoldKey | None = None) -> HoldAnswer:
         flight = await self._flights.get(req.flight_id)
         if req.seats is not None:
             unknown = [s for s in req.seats if not flight.has_seat(s)]
             if unknown:
                 raise ValidationError("Unknown seats for this flight", seats=unknown)
-        booking_id = new_booking_id()
+        count = len(req.seats) if req.seats is not None else req.seat_count
+        assert count is not None
+        meta = HoldMeta(req.user_id, _amount(flight, count), flight.record.currency)
+        claim = None
+        if key is not None:
+            claim = KeyClaim(key.key, key.fingerprint, self._settings.idempotency_ttl_ms)
+        booking_id = new_booking_id(flight.id)
         try:
-            result = await self._grant(flight, req, booking_id)
+            result = await self._grant(flight, req, booking_id, meta, claim)
         except RedisError:
             # Outcome unknown: the script may still run once Redis answers again. Take back
             # whatever it held, so a failed request never leaves seats held for nobody.
@@ -115,52 +179,34 @@ class Bookings:
             # of this process already is; no seat is held before that is done.
             if not await self._restorer.restore_unless_running(flight.id, "hold-found-no-marker"):
                 raise Unavailable("Seat data is being restored after a Redis restart; retry")
-            result = await self._grant(flight, req, booking_id)
+            result = await self._grant(flight, req, booking_id, meta, claim)
         if isinstance(result, NotRestored):
             raise Unavailable("Seat data is being restored after a Redis restart; retry")
-        if isinstance(result, Taken | NotEnough):
+        if isinstance(result, KeyMismatch):
+            raise IdempotencyMismatch("Idempotency-Key was already used with a different request")
+        replayed = isinstance(result, Replayed)
+        if isinstance(result, Replayed):
+            booking_id, first = result.booking_id, result.first
+            meta = result.meta or meta
+        else:
+            first = result
+        if isinstance(first, Taken | NotEnough):
             self._metrics.holds.labels("refused").inc()
-            if isinstance(result, Taken):
-                raise SeatsNotAvailable(seats=result.seats)
-            raise SeatsNotAvailable(requested=req.seat_count, available=result.free)
-
-        new = NewBooking(
-            id=booking_id,
-            flight_id=flight.id,
-            user_id=req.user_id,
-            state=State.SEAT_HELD.value,
-            seats=result.seats,
-            amount=_amount(flight, len(result.seats)),
-            currency=flight.record.currency,
-            hold_expires_at=result.deadline_ms,
-            created_at=now_ms(),
-        )
-        try:
-            superseded = await self._store.insert_hold(new, SUPERSEDE)
-        except SeatOwnedInSql as exc:
-            # Redis granted seats that SQL says are sold: Redis lost data. Never sell twice.
-            log.error("hold %s refused: %s", booking_id, exc)
-            await self._holds.release(flight.id, result.seats, booking_id)
-            raise SeatsNotAvailable(seats=result.seats) from exc
-        except Exception:
-            await self._holds.release(flight.id, result.seats, booking_id)
-            raise
-        if superseded:
-            log.info("hold %s superseded expired holds %s", booking_id, superseded)
-        self._metrics.holds.labels("created").inc()
-        return BookingRecord(
-            id=new.id,
-            flight_id=new.flight_id,
-            user_id=new.user_id,
-            state=new.state,
-            seats=new.seats,
-            amount=new.amount,
-            currency=new.currency,
-            hold_expires_at=new.hold_expires_at,
-            created_at=new.created_at,
-            updated_at=new.created_at,
-            payment=None,
-        )
+            exc = (
+                SeatsNotAvailable(seats=first.seats)
+                if isinstance(first, Taken)
+                else SeatsNotAvailable(requested=req.seat_count, available=first.free)
+            )
+            if replayed:
+                exc.headers = {REPLAYED_HEADER: "true"}
+            raise exc
+        if not replayed:
+            self._metrics.holds.labels("created").inc()
+        record = HoldRecord(
+            booking_id, flight.id, meta.user_id, first.seats, meta.amount, meta.currency,
+            first.created_ms, first.deadline_ms,
+        )  # fmt: skip
+        return HoldAnswer(held_booking(record), replayed)
 
     async def close(self) -> None:
         """Stop background compensations (the hold's TTL frees what they did not)."""
@@ -186,11 +232,16 @@ class Bookings:
             return
 
     async def _grant(
-        self, flight: Flight, req: HoldRequest, booking_id: str
-    ) -> Held | Taken | NotEnough | NotRestored:
+        self,
+        flight: Flight,
+        req: HoldRequest,
+        booking_id: str,
+        meta: HoldMeta,
+        claim: KeyClaim | None,
+    ) -> Held | Taken | NotEnough | NotRestored | Replayed | KeyMismatch:
         ttl = self._settings.hold_ttl_ms
         if req.seats is not None:
-            return await self._holds.hold(flight.id, req.seats, booking_id, ttl)
+            return await self._holds.hold(flight.id, req.seats, booking_id, ttl, meta, claim)
         assert req.seat_count is not None
         return await self._holds.hold_best(
             flight.id,
@@ -199,16 +250,57 @@ class Bookings:
             flight.record.seat_letters,
             booking_id,
             ttl,
+            meta,
+            claim,
         )
 
     async def cancel(self, booking_id: str) -> BookingRecord:
         booking = await self.get(booking_id)
         require(State(booking.state), State.CANCELLED)
-        moved = await self._store.transition(booking_id, move(State.CANCELLED, "customer-cancel"))
+        cancel = move(State.CANCELLED, "customer-cancel")
+        if booking.in_sql:
+            moved = await self._store.transition(booking_id, cancel)
+        else:
+            moved, _ = await self._store.insert_booking(new_booking(booking), cancel, SUPERSEDE)
         if not moved.moved:
             raise InvalidTransition(str(moved.state), State.CANCELLED.value)
         await self._holds.release(booking.flight_id, booking.seats, booking_id)
         return await self.get(booking_id)
+
+
+def held_booking(record: HoldRecord) -> BookingRecord:
+    """The view of a hold that lives only in Redis so far: SEAT_HELD, no payment."""
+    return BookingRecord(
+        id=record.booking_id,
+        flight_id=record.flight_id,
+        user_id=record.user_id,
+        state=State.SEAT_HELD.value,
+        seats=record.seats,
+        amount=record.amount,
+        currency=record.currency,
+        hold_expires_at=record.deadline_ms,
+        created_at=record.created_ms,
+        updated_at=record.created_ms,
+        payment=None,
+        in_sql=False,
+    )
+
+
+def new_booking(booking: BookingRecord | HoldRecord) -> NewBooking:
+    """The SQL row of a booking that so far lived only in Redis."""
+    if isinstance(booking, HoldRecord):
+        booking = held_booking(booking)
+    return NewBooking(
+        id=booking.id,
+        flight_id=booking.flight_id,
+        user_id=booking.user_id,
+        state=booking.state,
+        seats=booking.seats,
+        amount=booking.amount,
+        currency=booking.currency,
+        hold_expires_at=booking.hold_expires_at,
+        created_at=booking.created_at,
+    )
 
 
 def _amount(flight: Flight, seats: int) -> str:

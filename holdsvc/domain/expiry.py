@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
+from holdsvc.domain.bookings import new_booking
 from holdsvc.domain.flights import Flights
 from holdsvc.domain.records import now_ms
 from holdsvc.domain.states import State, move
@@ -21,7 +22,8 @@ from holdsvc.seats.holds import HoldStore
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
+# Expiries due together commit together: up to this many in one SQL commit.
+BATCH = 2000
 RECONCILE_BATCH = 1000
 FLIGHTS_PER_ROUND_TRIP = 500
 
@@ -77,7 +79,14 @@ class Expirer:
                 due = await self._holds.due(flight_id, BATCH)
                 if not due:
                     break
-                moved = await self._store.transition_many(due, move(State.EXPIRED, cause))
+                # A hold SQL never saw is written from its Redis record, in the same commit
+                # as the others' compare-and-sets; the record goes only after that commit.
+                records = await self._holds.records(flight_id, due)
+                moved = await self._store.end_holds(
+                    due,
+                    {bid: new_booking(r) for bid, r in records.items()},
+                    move(State.EXPIRED, cause),
+                )
                 await self._holds.forget(flight_id, due)
                 recorded += len(moved)
                 if len(due) < BATCH:

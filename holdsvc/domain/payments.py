@@ -14,15 +14,22 @@ was taken, and from there the same steps as a live pay finish the job.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from enum import Enum
 
 from redis.exceptions import RedisError
 
-from holdsvc.domain.bookings import Bookings
-from holdsvc.domain.errors import Conflict, DomainError, InvalidTransition, Unavailable
+from holdsvc.domain.bookings import SUPERSEDE, Bookings, new_booking
+from holdsvc.domain.errors import (
+    Conflict,
+    DomainError,
+    InvalidTransition,
+    SeatsNotAvailable,
+    Unavailable,
+)
 from holdsvc.domain.faults import crash_point
-from holdsvc.domain.records import BookingRecord, PaymentChanged, now_ms
+from holdsvc.domain.records import BookingRecord, PaymentChanged, SeatOwnedInSql, now_ms
 from holdsvc.domain.states import (
     PaymentStatus,
     State,
@@ -39,6 +46,7 @@ from holdsvc.settings import Settings
 log = logging.getLogger(__name__)
 
 ALL_STATES = frozenset(s.value for s in State)
+PAY = move(State.PAYMENT_PENDING, "pay")
 # Unsettled payments one recovery round takes on.
 RECOVERY_BATCH = 200
 # A capture whose seats were lost is refunded from what SQL last knew of it; a refund in
@@ -94,18 +102,25 @@ class Payments:
         )
         if deadline is None:
             # The hold lapsed and its expiry is not recorded yet: record it now. Only from
-            # SEAT_HELD: a concurrent pay of the same booking may be confirming it.
+            # the state seen: a concurrent pay of the same booking may be confirming it.
+            await self._bookings.record_lapsed(booking, "pay-after-expiry")
+            state = (await self._bookings.get(booking_id)).state
+            raise InvalidTransition(state, State.PAYMENT_PENDING.value)
+        started = new_payment(method, booking.amount, booking.currency, idem_key)
+        if booking.in_sql:
             moved = await self._store.transition(
-                booking_id,
-                move(State.EXPIRED, "pay-after-expiry", only_from=State(booking.state)),
+                booking_id, PAY, payment=started, hold_expires_at=deadline
             )
-            raise InvalidTransition(str(moved.state), State.PAYMENT_PENDING.value)
-        moved = await self._store.transition(
-            booking_id,
-            move(State.PAYMENT_PENDING, "pay"),
-            payment=new_payment(method, booking.amount, booking.currency, idem_key),
-            hold_expires_at=deadline,
-        )
+        else:
+            # The booking enters SQL here, its first money step, through the one-live-booking-
+            # per-seat fence: SQL refuses a seat it knows is sold, whatever Redis said.
+            row = dataclasses.replace(new_booking(booking), hold_expires_at=deadline)
+            try:
+                moved, _ = await self._store.insert_booking(row, PAY, SUPERSEDE, started)
+            except SeatOwnedInSql as exc:
+                log.error("pay of %s refused by SQL's seat fence: %s", booking_id, exc)
+                await self._holds.release(booking.flight_id, booking.seats, booking_id)
+                raise SeatsNotAvailable(seats=booking.seats) from exc
         if not moved.moved:
             raise InvalidTransition(str(moved.state), State.PAYMENT_PENDING.value)
 

@@ -30,7 +30,16 @@ class BookingStore(Protocol):
     async def list_flights(self, after_id: int = 0) -> list[FlightRecord]: ...
     async def find_flight(self, flight_number: str, departure_time: str) -> FlightRecord | None: ...
 
-    async def insert_hold(self, booking: NewBooking, supersede: Move) -> list[str]: ...
+    async def insert_booking(
+        self,
+        booking: NewBooking,
+        move: Move,
+        supersede: Move,
+        payment: PaymentChange | None = None,
+    ) -> tuple[Moved, list[str]]: ...
+    async def end_holds(
+        self, booking_ids: Sequence[str], records: dict[str, NewBooking], move: Move
+    ) -> list[str]: ...
     async def transition(
         self,
         booking_id: str,

@@ -10,10 +10,12 @@ import re
 import secrets
 import time
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from holdsvc.appkeys import IDEMPOTENCY, IDEMPOTENCY_KEY, METRICS, REQUEST_ID
+from holdsvc.appkeys import HOLD_KEY, IDEMPOTENCY, IDEMPOTENCY_KEY, METRICS, REQUEST_ID
+from holdsvc.domain.bookings import REPLAYED_HEADER, HoldKey
 from holdsvc.domain.errors import Conflict, IdempotencyMismatch, ValidationError
 from holdsvc.domain.records import Claim
 from holdsvc.http.views import error_response, redis_unavailable
@@ -21,7 +23,8 @@ from holdsvc.http.views import error_response, redis_unavailable
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-REPLAYED_HEADER = "Idempotent-Replayed"
+# The one POST whose keys live in Redis (a hold involves no money).
+HOLDS_PATH = "/api/bookings"
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -88,6 +91,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _answer(request, exc)
 
 
+def _fingerprint(path: str, body: bytes) -> bytes:
+    """What makes two requests the same: the path and the parsed body, so bodies of equal
+    JSON match whatever their whitespace or key order (raw bytes when it is not JSON: such a
+    body is refused by the handler anyway)."""
+    canonical = body
+    if body.strip():
+        with contextlib.suppress(orjson.JSONDecodeError):
+            canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(b"POST\0" + path.rstrip("/").encode() + b"\0" + canonical).digest()
+
+
 def _answer(request: web.Request, exc: Exception) -> web.Response:
     if redis_unavailable(exc):
         request.app[METRICS].redis_errors.inc()
@@ -107,10 +121,11 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         return await handler(request)
     if not _KEY.match(key):
         raise ValidationError(f"{IDEMPOTENCY_HEADER} must be 1 to 255 visible ASCII characters")
-    body = await request.read()
-    fingerprint = hashlib.sha256(
-        b"\0".join((request.method.encode(), request.path.encode(), body))
-    ).digest()
+    fingerprint = _fingerprint(request.path, await request.read())
+    if request.path.rstrip("/") == HOLDS_PATH:
+        # A hold's key is claimed and answered by the hold script itself, in Redis.
+        request[HOLD_KEY] = HoldKey(key, fingerprint.hex())
+        return await handler(request)
     keys = request.app[IDEMPOTENCY]
     claim, owner = await keys.claim(key, fingerprint)
     if claim.claim is Claim.MISMATCH:

@@ -9,8 +9,9 @@ import msgspec
 import orjson
 from aiohttp import web
 
+from holdsvc.domain.bookings import REPLAYED_HEADER
 from holdsvc.http import schemas
-from holdsvc.http.middleware import IDEMPOTENCY_HEADER, REPLAYED_HEADER
+from holdsvc.http.middleware import IDEMPOTENCY_HEADER
 from holdsvc.http.routes import ENDPOINTS, Endpoint
 
 _REF = "#/components/schemas/{name}"

@@ -13,12 +13,14 @@ from holdsvc.appkeys import (
     BOOKINGS,
     FLIGHTS,
     HEALTH,
+    HOLD_KEY,
     IDEMPOTENCY_KEY,
     PAYMENTS,
     RESTORER,
     SEAT_MAP,
     SETTINGS,
 )
+from holdsvc.domain.bookings import REPLAYED_HEADER
 from holdsvc.domain.errors import NotFound
 from holdsvc.domain.payments import PayOutcome
 from holdsvc.http import bodies, schemas
@@ -71,8 +73,11 @@ async def flight_seats(request: web.Request) -> web.Response:
 async def create_booking(request: web.Request) -> web.Response:
     body = bodies.decode(*await _body(request), HoldIn)
     hold = bodies.hold_from(body, request.app[SETTINGS].max_seats_per_booking)
-    booking = await request.app[BOOKINGS].hold(hold)
-    return json_response(booking_view(booking), 201)
+    answer = await request.app[BOOKINGS].hold(hold, request.get(HOLD_KEY))
+    response = json_response(booking_view(answer.booking), 201)
+    if answer.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 async def get_booking(request: web.Request) -> web.Response:

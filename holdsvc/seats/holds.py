@@ -25,6 +25,53 @@ T = TypeVar("T")
 class Held:
     seats: list[str]
     deadline_ms: int
+    created_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HoldMeta:
+    """What a hold's record keeps besides its seats and times."""
+
+    user_id: str
+    amount: str
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """A hold's Idempotency-Key, claimed by the hold script itself."""
+
+    key: str
+    fingerprint: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRecord:
+    """A held booking as its Redis record has it (a hold not yet in SQL)."""
+
+    booking_id: str
+    flight_id: int
+    user_id: str
+    seats: list[str]
+    amount: str
+    currency: str
+    created_ms: int
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """The key's first request got ``first``; nothing changed now."""
+
+    first: Held | Taken | NotEnough
+    booking_id: str
+    meta: HoldMeta | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMismatch:
+    """The key was used with a different request; nothing changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,38 +158,71 @@ class HoldStore:
         await self.redis.ping()
 
     async def hold(
-        self, flight_id: int, seats: list[str], booking_id: str, ttl_ms: int
-    ) -> Held | Taken | NotRestored:
+        self,
+        flight_id: int,
+        seats: list[str],
+        booking_id: str,
+        ttl_ms: int,
+        meta: HoldMeta,
+        key: KeyClaim | None = None,
+    ) -> Held | Taken | NotRestored | Replayed | KeyMismatch:
         reply = await self._eval(
             self._s.hold_seats,
-            [keys.deadlines(flight_id), keys.marker(flight_id), *keys.seats(flight_id, seats)],
-            [booking_id, ttl_ms],
+            [*_hold_keys(flight_id, booking_id, key), *keys.seats(flight_id, seats)],
+            _hold_args(booking_id, ttl_ms, meta, key),
         )
         match reply:
-            case [1, int(deadline)]:
-                return Held(seats, deadline)
+            case [1, int(deadline), int(created)]:
+                return Held(seats, deadline, created)
             case [2, *positions] if positions:
                 return Taken([seats[int(p) - 1] for p in positions])
             case [3]:
                 return NotRestored()
-        raise UnknownScriptReply("hold_seats", reply)
+        return _keyed("hold_seats", reply)
 
     async def hold_best(
-        self, flight_id: int, count: int, rows: int, letters: str, booking_id: str, ttl_ms: int
-    ) -> Held | NotEnough | NotRestored:
+        self,
+        flight_id: int,
+        count: int,
+        rows: int,
+        letters: str,
+        booking_id: str,
+        ttl_ms: int,
+        meta: HoldMeta,
+        key: KeyClaim | None = None,
+    ) -> Held | NotEnough | NotRestored | Replayed | KeyMismatch:
         reply = await self._eval(
             self._s.hold_best,
-            [keys.deadlines(flight_id), keys.marker(flight_id)],
-            [booking_id, ttl_ms, count, rows, letters],
+            _hold_keys(flight_id, booking_id, key),
+            [*_hold_args(booking_id, ttl_ms, meta, key), count, rows, letters],
         )
         match reply:
-            case [1, int(deadline), *names] if len(names) == count:
-                return Held([n.decode() for n in names], deadline)
+            case [1, int(deadline), int(created), *names] if len(names) == count:
+                return Held([n.decode() for n in names], deadline, created)
             case [2, int(free)]:
                 return NotEnough(free)
             case [3]:
                 return NotRestored()
-        raise UnknownScriptReply("hold_best", reply)
+        return _keyed("hold_best", reply)
+
+    async def records(self, flight_id: int, booking_ids: Sequence[str]) -> dict[str, HoldRecord]:
+        """The Redis records of these bookings that exist, in one round trip."""
+        if not booking_ids:
+            return {}
+        replies = await self._fast.execute_many(
+            [("HMGET", keys.record(flight_id, b), *_RECORD_FIELDS) for b in booking_ids]
+        )
+        found = {}
+        for booking_id, values in zip(booking_ids, replies, strict=True):
+            if values[0] is not None:
+                found[booking_id] = _record(flight_id, booking_id, values)
+        return found
+
+    async def record(self, flight_id: int, booking_id: str) -> HoldRecord | None:
+        values = await self._fast.execute(
+            "HMGET", keys.record(flight_id, booking_id), *_RECORD_FIELDS
+        )
+        return None if values[0] is None else _record(flight_id, booking_id, values)
 
     async def begin_payment(
         self, flight_id: int, seats: list[str], booking_id: str, window_ms: int
@@ -163,7 +243,11 @@ class HoldStore:
     async def confirm(self, flight_id: int, seats: list[str], booking_id: str) -> Confirm:
         reply = await self._eval(
             self._s.confirm_seats,
-            [keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
+            [
+                keys.deadlines(flight_id),
+                keys.record(flight_id, booking_id),
+                *keys.seats(flight_id, seats),
+            ],
             [booking_id],
         )
         if isinstance(reply, int) and reply in (0, 1, 2):
@@ -173,7 +257,11 @@ class HoldStore:
     async def release(self, flight_id: int, seats: Sequence[str], booking_id: str) -> int:
         reply = await self._eval(
             self._s.release_seats,
-            [keys.deadlines(flight_id), *keys.seats(flight_id, seats)],
+            [
+                keys.deadlines(flight_id),
+                keys.record(flight_id, booking_id),
+                *keys.seats(flight_id, seats),
+            ],
             [booking_id],
         )
         if isinstance(reply, int) and 0 <= reply <= len(seats):
@@ -195,9 +283,15 @@ class HoldStore:
         return [f for f, reply in zip(flight_ids, replies, strict=True) if reply]
 
     async def forget(self, flight_id: int, booking_ids: list[str]) -> None:
-        """Drop holds from the deadline index once their expiry is recorded in SQL."""
+        """Drop holds from the deadline index, and their records, once their expiry is
+        recorded in SQL."""
         if booking_ids:
-            await self.redis.zrem(keys.deadlines(flight_id), *booking_ids)
+            await self._fast.execute_many(
+                [
+                    ("ZREM", keys.deadlines(flight_id), *booking_ids),
+                    ("DEL", *(keys.record(flight_id, b) for b in booking_ids)),
+                ]
+            )
 
     async def restore(
         self,
@@ -277,6 +371,49 @@ class HoldStore:
                 pipe.mget(keys.seats(flight_id, seats))
             replies = await pipe.execute()
         return [sum(1 for v in values if v is None) for values in replies]
+
+
+_RECORD_FIELDS = ("u", "s", "a", "c", "t", "d")
+
+
+def _record(flight_id: int, booking_id: str, values: Sequence[bytes | None]) -> HoldRecord:
+    user, seats, amount, currency, created, deadline = ((v or b"").decode() for v in values)
+    return HoldRecord(
+        booking_id, flight_id, user, seats.split(","), amount, currency, int(created),
+        int(deadline),
+    )  # fmt: skip
+
+
+def _hold_keys(flight_id: int, booking_id: str, key: KeyClaim | None) -> list[str]:
+    return [
+        keys.deadlines(flight_id),
+        keys.marker(flight_id),
+        keys.record(flight_id, booking_id),
+        keys.idempotency(flight_id, key.key if key else ""),
+    ]
+
+
+def _hold_args(booking_id: str, ttl_ms: int, meta: HoldMeta, key: KeyClaim | None) -> list[Any]:
+    return [
+        booking_id, ttl_ms, meta.user_id, meta.amount, meta.currency,
+        key.fingerprint if key else "", key.ttl_ms if key else 0,
+    ]  # fmt: skip
+
+
+def _keyed(script: str, reply: Any) -> Replayed | KeyMismatch:
+    """The replies only a keyed hold gets: the key's first answer, or a mismatch."""
+    match reply:
+        case [5]:
+            return KeyMismatch()
+        case [4, b"h", bid, seats, deadline, created, user, amount, currency]:
+            meta = HoldMeta(user.decode(), amount.decode(), currency.decode())
+            held = Held(seats.decode().split(","), int(deadline), int(created))
+            return Replayed(held, bid.decode(), meta)
+        case [4, b"t", _, seats, *_]:
+            return Replayed(Taken(seats.decode().split(",")), "", None)
+        case [4, b"n", _, free, *_]:
+            return Replayed(NotEnough(int(free)), "", None)
+    raise UnknownScriptReply(script, reply)
 
 
 def _status(owner: tuple[str, bool] | None) -> SeatStatus:

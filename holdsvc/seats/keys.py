@@ -13,6 +13,8 @@ from collections.abc import Sequence
 # collide with the one-letter suffixes of the flight's other keys below.
 _DEADLINES = "d"
 _MARKER = "e"
+_RECORD = "b:"
+_IDEMPOTENCY = "k:"
 
 # A confirmed seat keeps this prefix before the booking id, and no TTL: expiry can never free it.
 BOOKED_PREFIX = b"!"
@@ -56,3 +58,13 @@ def flight_of(key: bytes | str) -> int | None:
 def marker(flight_id: int) -> str:
     """Present once the flight's booked seats are in this Redis; gone with Redis's data."""
     return f"{{f:{flight_id}}}:{_MARKER}"
+
+
+def record(flight_id: int, booking_id: str) -> str:
+    """A held booking's record (hash), written by the hold script beside its seats."""
+    return f"{{f:{flight_id}}}:{_RECORD}{booking_id}"
+
+
+def idempotency(flight_id: int, key: str) -> str:
+    """A hold's Idempotency-Key entry (hash), in the flight's slot so the hold script owns it."""
+    return f"{{f:{flight_id}}}:{_IDEMPOTENCY}{key}"

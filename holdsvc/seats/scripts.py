@@ -29,9 +29,9 @@ def _lua_dir() -> Path:
 
 
 LUA_DIR = _lua_dir()
-# Put in front of every script: the helpers they share (Redis has no includes). It defines
-# only local functions, so a script's own line numbers shift but nothing else changes.
-PRELUDE = "_clock.lua"
+# The files put in front of every script: the helpers they share (Redis has no includes).
+# They define only local functions, so a script's line numbers shift but nothing else does.
+PRELUDE = ("_clock.lua", "_hold.lua")
 NAMES = (
     "hold_seats",
     "hold_best",
@@ -68,10 +68,13 @@ class Scripts:
 async def load_scripts(redis: Redis, lua_dir: Path = LUA_DIR) -> Scripts:
     """Read, register and ``SCRIPT LOAD`` every script; fail naming the file that is broken."""
     registered: dict[str, AsyncScript] = {}
-    try:
-        prelude = (lua_dir / PRELUDE).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScriptLoadError(f"{lua_dir / PRELUDE}: {exc.strerror or exc}") from exc
+    parts = []
+    for name in PRELUDE:
+        try:
+            parts.append((lua_dir / name).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ScriptLoadError(f"{lua_dir / name}: {exc.strerror or exc}") from exc
+    prelude = "".join(parts)
     for name in NAMES:
         path = lua_dir / f"{name}.lua"
         try:
