@@ -53,6 +53,9 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.holds = Counter("holdsvc_holds", "Hold requests by outcome", ["outcome"], registry=r)
+        # labels() takes a lock and builds a tuple: the hot path's children are made once.
+        self.holds_created = self.holds.labels("created")
+        self.holds_refused = self.holds.labels("refused")
         self.transitions = Counter(
             "holdsvc_transitions",
             "Committed booking moves by target state and cause",

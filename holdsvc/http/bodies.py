@@ -70,7 +70,7 @@ def decode(body: bytes, content_type: str, kind: type[S], *, optional: bool = Fa
         if optional:
             return kind()
         raise ValidationError("Request body is required (JSON object)")
-    if not _JSON.match(content_type):
+    if content_type != "application/json" and not _JSON.match(content_type):
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {content_type or 'none'}"
         )
@@ -132,8 +132,8 @@ def hold_from(body: HoldIn, max_seats: int) -> HoldRequest:
         if not seats:
             raise ValidationError("seats must not be empty")
         _limit(len(seats), max_seats)
-        duplicates = sorted(s for s, n in Counter(seats).items() if n > 1)
-        if duplicates:
+        if len(set(seats)) != len(seats):
+            duplicates = sorted(s for s, n in Counter(seats).items() if n > 1)
             raise ValidationError("seats must not repeat a seat", seats=duplicates)
         return HoldRequest(flight_id, user_id, list(seats), None)
     count = body.seat_count if body.seat_count is not None else body.noOfSeats
