@@ -97,7 +97,9 @@ async def expiry_lag(base: Settings, live: int, short: int) -> dict[str, Any]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            if all(s == State.EXPIRED.value for s in (await store.states_of(ids)).values()):
+            # A hold reaches SQL only with its outcome: every id must be there, and EXPIRED.
+            states = await store.states_of(ids)
+            if len(states) == len(ids) and all(s == State.EXPIRED.value for s in states.values()):
                 break
         rows: list[tuple[int, str]] = []
         for booking_id in ids:

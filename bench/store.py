@@ -1,6 +1,7 @@
 """Store-level scenarios: holdsvc's hold script over its own Redis client, in a worker process.
 
-store_holds  4-seat holds/s next to bare SET NX EX/s, same client, same concurrency
+store_holds  4-seat holds/s through the hold store, next to the same script sent by a minimal
+             client (the ceiling) and bare SET NX PX/s, same connection, same concurrency
 contention   64 clients fighting for the same 10 seats; double holds counted
 memory       Redis bytes per held seat
 """
@@ -21,6 +22,8 @@ from holdsvc import (
     PipelinedRedis,
     Taken,
     connect_hold_store,
+    load_scripts,
+    seat_keys,
 )
 
 LETTERS = "ABCDEF"
@@ -55,12 +58,30 @@ async def _store_holds(
     await mark_flights(holds, flights)
     prefix = secrets.token_hex(3)
 
-    # The ceiling for a hold: a bare SET NX PX through the same auto-pipelining client.
+    # Redis's own cost, for reference: a bare SET NX PX through the same pipelining client.
     bare = PipelinedRedis(url)
 
     async def raw(n: int) -> str:
         ok = await bare.execute("SET", f"{{r:{prefix}}}:{n}", b"bench", "NX", "PX", TTL_MS)
         return "set" if ok is not None else "refused"
+
+    # The ceiling for holdsvc's client: the same script with the same keys and arguments,
+    # EVALSHA from that minimal client, its reply only checked for success.
+    sha = (await load_scripts(holds.redis)).hold_seats.sha
+    ceiling_flights = range(flights.stop, flights.stop + len(flights))
+    await mark_flights(holds, ceiling_flights)
+
+    async def script(n: int) -> str:
+        flight, slot = divmod(n, per_flight)
+        f, bid = ceiling_flights[flight], f"c{prefix}{n}"
+        seats = SEATS[slot * 4 : slot * 4 + 4]
+        reply = await bare.execute(
+            "EVALSHA", sha, 4 + len(seats),
+            seat_keys.deadlines(f), seat_keys.marker(f), seat_keys.record(f, bid),
+            seat_keys.idempotency(f, ""), *seat_keys.seats(f, seats),
+            bid, TTL_MS, META.user_id, META.amount, META.currency, "", 0,
+        )  # fmt: skip
+        return "held" if reply[0] == 1 else "refused"
 
     async def hold(n: int) -> str:
         flight, slot = divmod(n, per_flight)
@@ -69,21 +90,60 @@ async def _store_holds(
         return "held" if isinstance(result, Held) else "refused"
 
     raw_load = await closed_loop(raw, concurrency, seconds, max_calls)
+    ceiling_load = await closed_loop(script, concurrency, seconds, max_calls)
     hold_load = await closed_loop(hold, concurrency, seconds, max_calls)
     await bare.close()
     await holds.close()
     raw_rate, hold_rate = raw_load.rate("set"), hold_load.rate("held")
+    ceiling_rate = ceiling_load.rate("held")
     return {
         "holds_per_s": round(hold_rate),
+        "script_ceiling_per_s": round(ceiling_rate),
+        "ratio_vs_script_ceiling": round(hold_rate / ceiling_rate, 3) if ceiling_rate else None,
         "raw_per_s": round(raw_rate),
         "ratio_vs_raw": round(hold_rate / raw_rate, 3) if raw_rate else None,
         "seats_per_hold": 4,
         "concurrency": concurrency,
-        "hold_refused": hold_load.counts.get("refused", 0),
+        "hold_refused": hold_load.counts.get("refused", 0) + ceiling_load.counts.get("refused", 0),
         "raw_refused": raw_load.counts.get("refused", 0),
         **{f"hold_{k}": v for k, v in hold_load.summary().items()},
         **{f"raw_{k}": v for k, v in raw_load.summary().items()},
     }
+
+
+def fsync_always(
+    everysec_url: str, always_url: str, seconds: float, max_calls: int, concurrency: int
+) -> dict[str, Any]:
+    """The same 4-seat holds against a server that fsyncs its AOF every second and one that
+    fsyncs on every write (``--redis-fsync always``)."""
+
+    async def rate(url: str) -> tuple[float, Any]:
+        holds = await open_store(url)
+        per_flight = len(SEATS) // 4
+        flights = range(30_000, 30_000 + max_calls // per_flight + 2)
+        await mark_flights(holds, flights)
+
+        async def hold(n: int) -> str:
+            flight, slot = divmod(n, per_flight)
+            seats = SEATS[slot * 4 : slot * 4 + 4]
+            result = await holds.hold(flights[flight], seats, f"f{n}", TTL_MS, META)
+            return "held" if isinstance(result, Held) else "refused"
+
+        load = await closed_loop(hold, concurrency, seconds, max_calls)
+        await holds.close()
+        return load.rate("held"), load.summary().get("p99_ms")
+
+    async def run() -> dict[str, Any]:
+        (every, every_p99), (always, always_p99) = await rate(everysec_url), await rate(always_url)
+        return {
+            "everysec_per_s": round(every),
+            "always_per_s": round(always),
+            "always_vs_everysec": round(always / every, 3) if every else None,
+            "everysec_p99_ms": every_p99,
+            "always_p99_ms": always_p99,
+        }
+
+    return asyncio.run(run())
 
 
 def contention(url: str, seconds: float, max_calls: int, clients: int) -> dict[str, Any]:

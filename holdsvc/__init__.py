@@ -26,7 +26,9 @@ if TYPE_CHECKING:
         Taken,
         connect_hold_store,
     )
+    from holdsvc.seats import keys as seat_keys
     from holdsvc.seats.redis_client import PipelinedRedis
+    from holdsvc.seats.scripts import load_scripts
     from holdsvc.settings import Settings
 
 _EXPORTS = {
@@ -46,6 +48,8 @@ _EXPORTS = {
     "Taken": "holdsvc.seats.holds",
     "connect_hold_store": "holdsvc.seats.holds",
     "PipelinedRedis": "holdsvc.seats.redis_client",
+    "seat_keys": "holdsvc.seats.keys",
+    "load_scripts": "holdsvc.seats.scripts",
     "Settings": "holdsvc.settings",
 }
 
@@ -67,7 +71,12 @@ __all__ = [
     "create_app",
     "find_binary",
     "free_port",
+    "load_scripts",
+    "seat_keys",
 ]
+
+# Names that are modules themselves, not attributes of one.
+_MODULES = frozenset({"appkeys", "seat_keys"})
 
 
 def __getattr__(name: str) -> Any:
@@ -75,4 +84,4 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'holdsvc' has no attribute {name!r}")
     loaded = importlib.import_module(module)
-    return loaded if name == "appkeys" else getattr(loaded, name)
+    return loaded if name in _MODULES else getattr(loaded, name)

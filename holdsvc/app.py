@@ -107,7 +107,11 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
         app[k.REDIS_URL] = running
         yield
         return
-    server = EmbeddedRedis(settings.data_dir / "redis", binary=find_binary(settings.redis_server))
+    server = EmbeddedRedis(
+        settings.data_dir / "redis",
+        binary=find_binary(settings.redis_server),
+        fsync=settings.redis_fsync,
+    )
     await asyncio.to_thread(server.start)
     app[k.REDIS_URL] = server.url
     # The admin commands (holdsvc status, audit, ...) find this Redis through this file.

@@ -121,8 +121,10 @@ class EmbeddedRedis:
         binary: Path,
         port: int | None = None,
         extra_args: list[str] | None = None,
+        fsync: str = "everysec",
     ) -> None:
         self.directory = directory
+        self.fsync = fsync
         self.binary = binary
         self.port = port or free_port()
         self.extra_args = extra_args or []
@@ -143,7 +145,7 @@ class EmbeddedRedis:
             "--bind", "127.0.0.1",
             "--dir", str(self.directory.resolve()),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.fsync,
             "--save", "",
             "--notify-keyspace-events", "Ex",
             "--daemonize", "no",

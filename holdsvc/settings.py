@@ -29,6 +29,9 @@ class Settings:
     # Which server binary the embedded mode runs: "auto" (redis-server or valkey-server on PATH,
     # else the pip-shipped one), "bundled" (always the pip-shipped one), or a path.
     redis_server: str = "auto"
+    # The embedded server's AOF fsync: "everysec" (a crash loses at most the last second of
+    # holds, which never took money) or "always" (none, at a cost bench/RESULTS.md measures).
+    redis_fsync: str = "everysec"
     data_dir: Path = Path("holdsvc-data")
     # None: <data_dir>/holdsvc.sqlite3
     db: Path | None = None
@@ -143,6 +146,8 @@ class Settings:
             raise ValueError("max-body-bytes must be at least 1024")
         if self.idempotency_ttl < 86400:
             raise ValueError("idempotency-ttl must be at least 86400 seconds (24 h)")
+        if self.redis_fsync not in ("everysec", "always"):
+            raise ValueError(f"redis-fsync must be everysec or always, got {self.redis_fsync!r}")
         if self.log_format not in ("text", "json"):
             raise ValueError("log-format must be text or json")
         if self.gateway_timeout <= 0:
@@ -276,6 +281,12 @@ def _common(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--redis-server",
         help="embedded server binary: auto (default), bundled (pip-shipped valkey), or a path",
+    )
+    cmd.add_argument(
+        "--redis-fsync",
+        choices=("everysec", "always"),
+        help="the embedded Redis's AOF fsync (default everysec: a crash may lose the last"
+        " second of holds, never a payment)",
     )
     cmd.add_argument("--data-dir", type=Path, help="embedded Redis and SQLite live here")
     cmd.add_argument("--db", type=Path, help="SQLite file (default <data-dir>/holdsvc.sqlite3)")
