@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from holdsvc.domain.records import NewFlight
     from holdsvc.domain.states import State
     from holdsvc.embedded_redis import EmbeddedRedis, find_binary, free_port
+    from holdsvc.seats import keys as seat_keys
     from holdsvc.seats.holds import (
         Held,
         HoldMeta,
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
         Taken,
         connect_hold_store,
     )
-    from holdsvc.seats import keys as seat_keys
     from holdsvc.seats.redis_client import PipelinedRedis
     from holdsvc.seats.scripts import load_scripts
     from holdsvc.settings import Settings

@@ -9,7 +9,7 @@ from holdsvc.domain.bookings import Bookings, HoldKey
 from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.flights import Flights
 from holdsvc.domain.health import Health
-from holdsvc.domain.idempotency import IdempotencyKeys
+from holdsvc.domain.idempotency import IdempotencyKeys, KeyRef
 from holdsvc.domain.payments import PaymentRecovery, Payments
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.seatmap import SeatMap
@@ -24,8 +24,8 @@ SETTINGS = web.AppKey("settings", Settings)
 GATEWAY = web.AppKey("gateway", MockGateway)
 METRICS = web.AppKey("metrics", Metrics)
 REQUEST_ID = web.RequestKey("request_id", str)
-# The request's Idempotency-Key, once the middleware has claimed it.
-IDEMPOTENCY_KEY = web.RequestKey("idempotency_key", str)
+# The request's Idempotency-Key, once the middleware has claimed it in SQL.
+KEY_REF = web.RequestKey("key_ref", KeyRef)
 # A hold's Idempotency-Key and fingerprint, for the hold script to claim.
 HOLD_KEY = web.RequestKey("hold_key", HoldKey)
 REDIS_URL = web.AppKey("redis_url", str)

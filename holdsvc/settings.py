@@ -42,9 +42,10 @@ class Settings:
     # A gateway call slower than this is abandoned (and, for a charge, voided by recovery,
     # which waits this long after a payment's last change before touching it).
     gateway_timeout: float = 30.0
-    # A request holding an Idempotency-Key whose process has not written its heartbeat for
-    # this long is taken to be dead; a retry then runs instead of answering "in progress".
-    takeover_after: float = 15.0
+    # An Idempotency-Key claim not renewed for this long is taken over by its retry: its
+    # process renews it every 0.5 s while the request runs, so a request that ended without
+    # an answer kept (a 5xx), or whose process died, leaves its key retryable within this.
+    takeover_after: float = 1.5
     max_seats_per_booking: int = 10
     # Off only in tests and for a standalone persister elsewhere: holds then expire in Redis
     # but nothing here records EXPIRED.
@@ -152,8 +153,8 @@ class Settings:
             raise ValueError("log-format must be text or json")
         if self.gateway_timeout <= 0:
             raise ValueError("gateway-timeout must be positive")
-        if self.takeover_after < 3:
-            raise ValueError("takeover-after must be at least 3 seconds")
+        if self.takeover_after < 1:
+            raise ValueError("takeover-after must be at least 1 second (claims renew every 0.5 s)")
         if self.sweep_interval < 0 or self.sweep_interval > 1:
             raise ValueError("sweep-interval must be 0 (off) to 1 second")
         if self.reconcile_grace < 0:

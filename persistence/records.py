@@ -71,6 +71,7 @@ class PaymentRecord:
     amount: str
     currency: str
     idem_key: str | None
+    refund_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,11 @@ class Move:
 
 @dataclass(frozen=True, slots=True)
 class PaymentChange:
-    """Set the payment to ``status`` if it is now one of ``expect`` (None: create it)."""
+    """Set the payment to ``status`` if it is now one of ``expect`` (None: create it).
+
+    ``idem_key`` is the Idempotency-Key of the request making the change: the pay's, kept on
+    a created payment; the refund's, kept on the change that claims the refund.
+    """
 
     status: str
     expect: Collection[str] | None = None
@@ -135,6 +140,9 @@ class Moved:
     # Set when moved: where it came from, and the hold deadline it had (for expiry lag).
     previous: str | None = None
     deadline: int | None = None
+    # The booking as the move's commit left it, when an Idempotency-Key answer was stored
+    # with it: the first answer is rendered from it, and so is every replay.
+    record: BookingRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +191,21 @@ class Claim(Enum):
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     claim: Claim
+    # A REPLAY is either an answer stored as sent (status, body), or an outcome stored in the
+    # same commit as its effect, with the record as that commit left it (JSON).
     status: int | None = None
     body: bytes | None = None
+    outcome: str | None = None
+    record: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAnswer:
+    """Store ``outcome`` under Idempotency-Key ``key`` in the same commit as the effect it
+    names, with a snapshot of the record the effect left (a booking, or a flight)."""
+
+    key: str
+    outcome: str
 
 
 class StoreUnavailable(RuntimeError):

@@ -61,7 +61,9 @@ CREATE TABLE IF NOT EXISTS payments (
     -- The Idempotency-Key of the pay request that started it: a retry of that request after
     -- a crash is recognised as the same payment.
     idem_key    TEXT,
-    updated_at  INTEGER NOT NULL
+    updated_at  INTEGER NOT NULL,
+    -- The Idempotency-Key of the refund request that claimed the refund, likewise.
+    refund_key  TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS payments_by_status ON payments (status, updated_at);
 
@@ -72,7 +74,13 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     status       INTEGER,
     body         BLOB,
     started_at   INTEGER NOT NULL,
-    owner        TEXT NOT NULL
+    owner        TEXT NOT NULL,
+    -- Renewed by the claiming process while the request runs: "in progress" means fresh.
+    alive_at     INTEGER,
+    -- An answer stored in the same commit as its effect: the outcome, and the record as that
+    -- commit left it (JSON); status and body stay NULL.
+    outcome      TEXT,
+    record       BLOB
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency_keys (started_at);
 

@@ -1,15 +1,18 @@
 """Idempotency keys and process heartbeats in SQLite: who ran a keyed request, and its answer.
 
-A claim names its process (``<instance id>:<token>``); the process's heartbeat row says whether
-it is alive, so a key whose process died can be taken over instead of blocking its retries.
+A claim is "in progress" only while its process renews it (``alive_at``, with the process's
+heartbeat, for the requests it is still running): a claim whose request ended without an
+answer stored (a 5xx, a failed write) or whose process died lapses within a lease, and the
+retry runs instead of waiting.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 
 from persistence.records import Claim, ClaimResult, now_ms
-from persistence.sqlite_ops import execute
+from persistence.sqlite_ops import execute, marks
 from persistence.writer import Call, GroupCommitWriter
 
 
@@ -23,27 +26,44 @@ def claim_key_op(
     ttl_ms: int,
 ) -> ClaimResult:
     row = conn.execute(
-        "SELECT k.fingerprint, k.status, k.body, k.started_at, k.owner, i.heartbeat_at"
-        " FROM idempotency_keys k LEFT JOIN instances i"
-        " ON i.id = substr(k.owner, 1, instr(k.owner, ':') - 1)"
-        " WHERE k.key = ?",
+        "SELECT fingerprint, status, body, started_at, alive_at, outcome, record"
+        " FROM idempotency_keys WHERE key = ?",
         (key,),
     ).fetchone()
     if row is not None and row[3] >= at - ttl_ms:
-        stored_fp, status, body, _, holder, heartbeat = row
+        stored_fp, status, body, _, alive_at, outcome, record = row
         if bytes(stored_fp) != fingerprint:
             return ClaimResult(Claim.MISMATCH)
+        if outcome is not None:
+            return ClaimResult(Claim.REPLAY, outcome=outcome, record=bytes(record))
         if status is not None:
             return ClaimResult(Claim.REPLAY, status, bytes(body))
-        if heartbeat is not None and heartbeat >= at - stale_ms:
+        if alive_at is not None and alive_at >= at - stale_ms:
             return ClaimResult(Claim.RUNNING)
-        del holder  # a dead holder's claim is taken over below
+        # Nobody renews this claim any more: its request ended with no answer kept, or its
+        # process died. The retry takes it over and runs; the effect it may have left is
+        # recognised by its key (a payment, a refund), or a compare-and-set refuses it.
     conn.execute(
         "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, body,"
-        " started_at, owner) VALUES (?, ?, NULL, NULL, ?, ?)",
-        (key, fingerprint, at, owner),
+        " started_at, owner, alive_at) VALUES (?, ?, NULL, NULL, ?, ?, ?)",
+        (key, fingerprint, at, owner, at),
     )
     return ClaimResult(Claim.NEW)
+
+
+def heartbeat_op(conn: sqlite3.Connection, instance: str, running: list[str], at: int) -> None:
+    conn.execute(
+        "INSERT INTO instances (id, heartbeat_at) VALUES (?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        (instance, at),
+    )
+    for start in range(0, len(running), 500):
+        chunk = running[start : start + 500]
+        conn.execute(
+            f"UPDATE idempotency_keys SET alive_at = ? WHERE owner IN ({marks(chunk)})"
+            " AND status IS NULL AND outcome IS NULL",
+            (at, *chunk),
+        )
 
 
 class SqliteKeys:
@@ -66,19 +86,9 @@ class SqliteKeys:
             Call(claim_key_op, (key, fingerprint, owner, at, stale_ms, ttl_ms))
         )
 
-    async def heartbeat(self, instance: str) -> None:
-        at = now_ms()
-
-        await self._writer.submit(
-            Call(
-                execute,
-                (
-                    "INSERT INTO instances (id, heartbeat_at) VALUES (?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                    (instance, at),
-                ),
-            )
-        )
+    async def heartbeat(self, instance: str, running: Collection[str] = ()) -> None:
+        """This process is alive, and so are the claims ``running`` (their owner tokens)."""
+        await self._writer.submit(Call(heartbeat_op, (instance, list(running), now_ms())))
 
     async def retire(self, instance: str) -> None:
         await self._writer.submit(

@@ -6,6 +6,7 @@ each state change is a compare-and-set whose allowed sources the caller's :class
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Collection
@@ -13,12 +14,16 @@ from importlib import resources
 from typing import Any
 
 from persistence.records import (
+    BookingRecord,
+    FlightRecord,
+    KeyAnswer,
     Move,
     Moved,
     NewBooking,
     NewFlight,
     PaymentChange,
     PaymentChanged,
+    PaymentRecord,
     SeatOwnedInSql,
     State,
 )
@@ -60,9 +65,10 @@ def _change_payment(
         return
     expect = list(change.expect)
     updated = conn.execute(
-        "UPDATE payments SET status = ?, payment_id = COALESCE(?, payment_id), updated_at = ?"
+        "UPDATE payments SET status = ?, payment_id = COALESCE(?, payment_id), updated_at = ?,"
+        " refund_key = COALESCE(?, refund_key)"
         f" WHERE booking_id = ? AND status IN ({marks(expect)})",
-        (change.status, change.payment_id, at, booking_id, *expect),
+        (change.status, change.payment_id, at, change.idem_key, booking_id, *expect),
     ).rowcount
     if updated != 1:
         row = conn.execute(
@@ -87,12 +93,14 @@ class InsertBooking(BatchOp):
         supersede: Move,
         at: int,
         payment: PaymentChange | None,
+        answer: KeyAnswer | None = None,
     ) -> None:
         self.booking = booking
         self.move = move
         self.supersede = supersede
         self.at = at
         self.payment = payment
+        self.answer = answer
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Plain tuples pickle in ~1 us, where the dataclasses' own pickling (fields() per
@@ -105,6 +113,7 @@ class InsertBooking(BatchOp):
             (s.target, s.sources, s.cause, s.seats_live),
             self.at,
             self.payment,
+            self.answer,
         )  # fmt: skip
 
     def _rows(self) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -124,6 +133,8 @@ class InsertBooking(BatchOp):
     def run_batch(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[Any]:
         # Any conflict (a booking already written, a stale holder to supersede) raises here,
         # and every op is then run alone by __call__, which deals with it.
+        if any(op.answer is not None for op in ops):
+            raise _RunAlone("an answer to store with its booking")
         rows = [op._rows() for op in ops]
         _insert_many(conn, _INSERT_BOOKING, [r[0] for r in rows])
         _insert_many(conn, _INSERT_SEAT, [seat for r in rows for seat in r[1]])
@@ -159,7 +170,9 @@ class InsertBooking(BatchOp):
         conn.executemany(_INSERT_TRANSITION, history)
         if self.payment is not None:
             conn.execute(_INSERT_PAYMENT, _payment_row(b.id, self.payment, self.at))
-        return Moved(True, self.move.target, State.SEAT_HELD.value, b.hold_expires_at), superseded
+        record = _answered(conn, b.id, self.answer)
+        moved = Moved(True, self.move.target, State.SEAT_HELD.value, b.hold_expires_at, record)
+        return moved, superseded
 
 
 def _load_insert_booking(
@@ -168,8 +181,9 @@ def _load_insert_booking(
     supersede: tuple[Any, ...],
     at: int,
     payment: PaymentChange | None,
+    answer: KeyAnswer | None,
 ) -> InsertBooking:
-    return InsertBooking(NewBooking(*booking), Move(*move), Move(*supersede), at, payment)
+    return InsertBooking(NewBooking(*booking), Move(*move), Move(*supersede), at, payment, answer)
 
 
 def end_holds(
@@ -222,9 +236,84 @@ _INSERT_TRANSITION = (
 
 def create_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(resources.files("persistence").joinpath("schema.sql").read_text("utf-8"))
+    # Columns added since a file was created (the schema gets versions in a later change).
+    added = {
+        "idempotency_keys": (("alive_at", "INTEGER"), ("outcome", "TEXT"), ("record", "BLOB")),
+        "payments": (("refund_key", "TEXT"),),
+    }
+    for table, columns in added.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for column, kind in columns:
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
-def create_flight(conn: sqlite3.Connection, flight: NewFlight, at: int) -> int:
+BOOKING_COLUMNS = (
+    "b.id, b.flight_id, b.user_id, b.state, b.amount, b.currency, b.hold_expires_at, "
+    "b.created_at, b.updated_at, p.payment_id, p.method, p.status, p.amount, p.currency, "
+    "p.idem_key, p.refund_key"
+)
+
+
+def booking_of(row: Any, seats: list[str]) -> BookingRecord:
+    return BookingRecord(
+        id=row[0],
+        flight_id=row[1],
+        user_id=row[2],
+        state=row[3],
+        seats=seats,
+        amount=row[4],
+        currency=row[5],
+        hold_expires_at=row[6],
+        created_at=row[7],
+        updated_at=row[8],
+        payment=PaymentRecord(*row[9:16]) if row[11] is not None else None,
+    )
+
+
+def read_booking(conn: sqlite3.Connection, booking_id: str) -> BookingRecord | None:
+    """The booking as this transaction sees it (the writer's own reads)."""
+    row = conn.execute(
+        f"SELECT {BOOKING_COLUMNS} FROM bookings b LEFT JOIN payments p ON p.booking_id = b.id"
+        " WHERE b.id = ?",
+        (booking_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    seats = [
+        s for (s,) in conn.execute(
+            "SELECT seat FROM booking_seats WHERE booking_id = ? ORDER BY pos", (booking_id,)
+        )
+    ]  # fmt: skip
+    return booking_of(row, seats)
+
+
+def store_answer(
+    conn: sqlite3.Connection, answer: KeyAnswer, record: BookingRecord | FlightRecord
+) -> None:
+    """Keep ``answer`` under its key, in the caller's transaction: the effect and its answer
+    commit together or not at all. The first answer stored wins."""
+    conn.execute(
+        "UPDATE idempotency_keys SET outcome = ?, record = ?"
+        " WHERE key = ? AND status IS NULL AND outcome IS NULL",
+        (answer.outcome, json.dumps(dataclasses.asdict(record)).encode(), answer.key),
+    )
+
+
+def _answered(
+    conn: sqlite3.Connection, booking_id: str, answer: KeyAnswer | None
+) -> BookingRecord | None:
+    if answer is None:
+        return None
+    record = read_booking(conn, booking_id)
+    assert record is not None
+    store_answer(conn, answer, record)
+    return record
+
+
+def create_flight(
+    conn: sqlite3.Connection, flight: NewFlight, at: int, answer: KeyAnswer | None = None
+) -> int:
     cur = conn.execute(
         "INSERT INTO flights (flight_number, origin, destination, departure_time,"
         " seat_rows, seat_letters, price, currency, created_at)"
@@ -242,6 +331,10 @@ def create_flight(conn: sqlite3.Connection, flight: NewFlight, at: int) -> int:
         ),
     )
     assert cur.lastrowid is not None
+    if answer is not None:
+        store_answer(
+            conn, answer, FlightRecord(cur.lastrowid, created_at=at, **flight_fields(flight))
+        )
     return cur.lastrowid
 
 
@@ -257,16 +350,18 @@ class TransitionOp(BatchOp):
         at: int,
         payment: PaymentChange | None,
         hold_expires_at: int | None,
+        answer: KeyAnswer | None = None,
     ) -> None:
         self.booking_id = booking_id
         self.move = move
         self.at = at
         self.payment = payment
         self.hold_expires_at = hold_expires_at
+        self.answer = answer
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return TransitionOp, (
-            self.booking_id, self.move, self.at, self.payment, self.hold_expires_at,
+            self.booking_id, self.move, self.at, self.payment, self.hold_expires_at, self.answer,
         )  # fmt: skip
 
     def __call__(self, conn: sqlite3.Connection) -> Moved:
@@ -279,11 +374,16 @@ class TransitionOp(BatchOp):
                     "UPDATE bookings SET hold_expires_at = ? WHERE id = ?",
                     (self.hold_expires_at, self.booking_id),
                 )
+            record = _answered(conn, self.booking_id, self.answer)
+            if record is not None:
+                moved = dataclasses.replace(moved, record=record)
         return moved
 
     @classmethod
     def run_batch(cls, conn: sqlite3.Connection, ops: list[Any]) -> list[Any]:
         batch: list[TransitionOp] = ops
+        if any(op.answer is not None for op in batch):
+            raise _RunAlone("an answer to store with its move")
         ids = [op.booking_id for op in batch]
         if len(set(ids)) != len(ids):
             raise _RunAlone("the same booking twice")
@@ -330,7 +430,7 @@ class TransitionOp(BatchOp):
         if changes:
             changed = conn.executemany(
                 "UPDATE payments SET status = ?, payment_id = COALESCE(?, payment_id),"
-                " updated_at = ? WHERE booking_id = ?"
+                " updated_at = ?, refund_key = COALESCE(?, refund_key) WHERE booking_id = ?"
                 " AND status IN (SELECT value FROM json_each(?))",
                 [_payment_change_row(op) for op in changes],
             ).rowcount
@@ -353,7 +453,9 @@ def _payment_row(booking_id: str, c: PaymentChange, at: int) -> tuple[Any, ...]:
 def _payment_change_row(op: TransitionOp) -> tuple[Any, ...]:
     c = op.payment
     assert c is not None and c.expect is not None
-    return (c.status, c.payment_id, op.at, op.booking_id, json.dumps(sorted(c.expect)))
+    return (
+        c.status, c.payment_id, op.at, c.idem_key, op.booking_id, json.dumps(sorted(c.expect))
+    )  # fmt: skip
 
 
 def move_many(
@@ -383,3 +485,7 @@ PRAGMAS_REPORTED = ("journal_mode", "synchronous", "busy_timeout")
 def read_pragmas(conn: sqlite3.Connection) -> dict[str, object]:
     """The durability settings of this connection (the writer process's, when submitted)."""
     return {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in PRAGMAS_REPORTED}
+
+
+def flight_fields(flight: NewFlight) -> dict[str, Any]:
+    return {f.name: getattr(flight, f.name) for f in dataclasses.fields(flight)}

@@ -9,7 +9,6 @@ its state machine, so the rule lives there and the store applies it under the si
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
@@ -21,12 +20,12 @@ from persistence.coalesce import Coalescer
 from persistence.records import (
     BookingRecord,
     FlightRecord,
+    KeyAnswer,
     Move,
     Moved,
     NewBooking,
     NewFlight,
     PaymentChange,
-    PaymentRecord,
     PaymentStatus,
     State,
     StoreUnavailable,
@@ -35,44 +34,26 @@ from persistence.records import (
 )
 from persistence.sqlite_keys import SqliteKeys
 from persistence.sqlite_ops import (
+    BOOKING_COLUMNS,
     PRAGMAS_REPORTED,
     InsertBooking,
     TransitionOp,
+    booking_of,
     change_payment_in,
     create_flight,
     create_schema,
     end_holds,
+    flight_fields,
     marks,
     move_many,
     read_pragmas,
 )
 from persistence.writer import Call, GroupCommitWriter, WriterClosed, WriterStats, connect
 
-_BOOKING_COLUMNS = (
-    "b.id, b.flight_id, b.user_id, b.state, b.amount, b.currency, b.hold_expires_at, "
-    "b.created_at, b.updated_at, p.payment_id, p.method, p.status, p.amount, p.currency, "
-    "p.idem_key"
-)
 _FLIGHT_COLUMNS = (
     "id, flight_number, origin, destination, departure_time, seat_rows, seat_letters, price, "
     "currency, created_at"
 )
-
-
-def _booking(row: Any, seats: list[str]) -> BookingRecord:
-    return BookingRecord(
-        id=row[0],
-        flight_id=row[1],
-        user_id=row[2],
-        state=row[3],
-        seats=seats,
-        amount=row[4],
-        currency=row[5],
-        hold_expires_at=row[6],
-        created_at=row[7],
-        updated_at=row[8],
-        payment=PaymentRecord(*row[9:15]) if row[11] is not None else None,
-    )
 
 
 class _Rows:
@@ -159,11 +140,13 @@ class SqlStore(SqliteKeys):
 
     # ----- flights
 
-    async def create_flight(self, flight: NewFlight) -> FlightRecord:
+    async def create_flight(
+        self, flight: NewFlight, answer: KeyAnswer | None = None
+    ) -> FlightRecord:
         at = now_ms()
 
-        flight_id = await self._writer.submit(Call(create_flight, (flight, at)))
-        return FlightRecord(id=flight_id, created_at=at, **_fields(flight))
+        flight_id = await self._writer.submit(Call(create_flight, (flight, at, answer)))
+        return FlightRecord(id=flight_id, created_at=at, **flight_fields(flight))
 
     async def get_flight(self, flight_id: int) -> FlightRecord | None:
         async with self._query(
@@ -196,6 +179,7 @@ class SqlStore(SqliteKeys):
         move: Move,
         supersede: Move,
         payment: PaymentChange | None = None,
+        answer: KeyAnswer | None = None,
     ) -> tuple[Moved, list[str]]:
         """Write a booking that so far lived only in Redis, already moved by ``move``.
 
@@ -207,7 +191,7 @@ class SqlStore(SqliteKeys):
         """
         at = now_ms()
         moved, superseded = await self._writer.submit(
-            InsertBooking(booking, move, supersede, at, payment)
+            InsertBooking(booking, move, supersede, at, payment, answer)
         )
         for bid, old in superseded:
             self._notify(bid, old, supersede, at)
@@ -247,12 +231,14 @@ class SqlStore(SqliteKeys):
         *,
         payment: PaymentChange | None = None,
         hold_expires_at: int | None = None,
+        answer: KeyAnswer | None = None,
     ) -> Moved:
-        """Compare-and-set one booking's state; a payment change commits with it or not at all."""
+        """Compare-and-set one booking's state; a payment change, and an Idempotency-Key's
+        answer, commit with it or not at all."""
         at = now_ms()
 
         moved: Moved = await self._writer.submit(
-            TransitionOp(booking_id, move, at, payment, hold_expires_at)
+            TransitionOp(booking_id, move, at, payment, hold_expires_at, answer)
         )
         self._notify(booking_id, moved, move, at)
         return moved
@@ -296,7 +282,7 @@ class SqlStore(SqliteKeys):
         booking_ids = list(wanted)
         # One row per seat, in seat order: the booking and its seats in one query.
         async with self._query(
-            f"SELECT {_BOOKING_COLUMNS}, bs.seat FROM bookings b"
+            f"SELECT {BOOKING_COLUMNS}, bs.seat FROM bookings b"
             " LEFT JOIN payments p ON p.booking_id = b.id"
             " LEFT JOIN booking_seats bs ON bs.booking_id = b.id"
             f" WHERE b.id IN ({marks(booking_ids)}) ORDER BY b.id, bs.pos",
@@ -308,9 +294,9 @@ class SqlStore(SqliteKeys):
         for row in rows:
             first.setdefault(row[0], row)
             booked = seats.setdefault(row[0], [])
-            if row[15] is not None:
-                booked.append(row[15])
-        return {bid: _booking(row, seats[bid]) for bid, row in first.items()}
+            if row[-1] is not None:  # the seat, after BOOKING_COLUMNS
+                booked.append(row[-1])
+        return {bid: booking_of(row, seats[bid]) for bid, row in first.items()}
 
     async def unsettled_payments(
         self, deadline_before_ms: int, touched_before_ms: int, limit: int
@@ -391,7 +377,3 @@ class SqlStore(SqliteKeys):
             (flight_id,),
         ) as cur:
             return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
-
-
-def _fields(flight: NewFlight) -> dict[str, Any]:
-    return {f.name: getattr(flight, f.name) for f in dataclasses.fields(flight)}

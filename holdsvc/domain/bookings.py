@@ -32,6 +32,7 @@ from holdsvc.domain.errors import (
     ValidationError,
 )
 from holdsvc.domain.flights import Flight, Flights
+from holdsvc.domain.idempotency import KeyRef
 from holdsvc.domain.records import BookingRecord, NewBooking, now_ms
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.states import State, move, require
@@ -54,6 +55,8 @@ from holdsvc.tasks import stop
 
 log = logging.getLogger(__name__)
 
+# The outcome a keyed cancel's answer is stored as, in the cancel's commit.
+CANCELLED = "cancel"
 # Said on an answer that is a key's first answer given again (the IETF draft's and Stripe's
 # name).
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -255,18 +258,23 @@ class Bookings:
             claim,
         )
 
-    async def cancel(self, booking_id: str) -> BookingRecord:
+    async def cancel(self, booking_id: str, key: KeyRef | None = None) -> BookingRecord:
         booking = await self.get(booking_id)
         require(State(booking.state), State.CANCELLED)
         cancel = move(State.CANCELLED, "customer-cancel")
+        answer = key.answer(CANCELLED) if key else None
         if booking.in_sql:
-            moved = await self._store.transition(booking_id, cancel)
+            moved = await self._store.transition(booking_id, cancel, answer=answer)
         else:
-            moved, _ = await self._store.insert_booking(new_booking(booking), cancel, SUPERSEDE)
+            moved, _ = await self._store.insert_booking(
+                new_booking(booking), cancel, SUPERSEDE, answer=answer
+            )
         if not moved.moved:
             raise InvalidTransition(str(moved.state), State.CANCELLED.value)
+        if key is not None and moved.record is not None:
+            key.stored, key.record = True, moved.record
         await self._holds.release(booking.flight_id, booking.seats, booking_id)
-        return await self.get(booking_id)
+        return moved.record or await self.get(booking_id)
 
 
 def held_booking(record: HoldRecord) -> BookingRecord:

@@ -6,8 +6,12 @@ import re
 from dataclasses import dataclass
 
 from holdsvc.domain.errors import NotFound
+from holdsvc.domain.idempotency import KeyRef
 from holdsvc.domain.records import FlightRecord, NewFlight
 from holdsvc.domain.store import BookingStore
+
+# The outcome a keyed flight creation's answer is stored as.
+CREATED = "flight"
 
 _SEAT = re.compile(r"([1-9][0-9]{0,2})([A-Z])")
 
@@ -49,8 +53,13 @@ class Flights:
         self._listed: list[Flight] = []
         self._listed_upto = 0
 
-    async def create(self, new: NewFlight) -> Flight:
-        flight = Flight.of(await self._store.create_flight(new))
+    async def create(self, new: NewFlight, key: KeyRef | None = None) -> Flight:
+        """A new flight; with ``key``, its answer is stored in the same commit."""
+        flight = Flight.of(
+            await self._store.create_flight(new, key.answer(CREATED) if key else None)
+        )
+        if key is not None:
+            key.stored = True
         self._cache[flight.id] = flight
         return flight
 

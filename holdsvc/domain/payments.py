@@ -29,7 +29,8 @@ from holdsvc.domain.errors import (
     Unavailable,
 )
 from holdsvc.domain.faults import crash_point
-from holdsvc.domain.records import BookingRecord, PaymentChanged, SeatOwnedInSql, now_ms
+from holdsvc.domain.idempotency import KeyRef
+from holdsvc.domain.records import BookingRecord, Moved, PaymentChanged, SeatOwnedInSql, now_ms
 from holdsvc.domain.states import (
     PaymentStatus,
     State,
@@ -52,6 +53,18 @@ RECOVERY_BATCH = 200
 # A capture whose seats were lost is refunded from what SQL last knew of it; a refund in
 # progress (REFUNDING) is the refund flow's own and is left to it.
 LOST_CAPTURE_FROM = frozenset({PaymentStatus.PENDING, PaymentStatus.FAILED})
+
+
+# The outcomes a keyed request's answer is stored as, in its effect's commit.
+CONFIRMED = "pay.confirmed"
+DECLINED = "pay.declined"
+REFUNDED = "refund"
+
+
+def _stored(key: KeyRef | None, moved: Moved) -> None:
+    """Note on ``key`` that its answer committed with ``moved``'s effect."""
+    if key is not None and moved.moved and moved.record is not None:
+        key.stored, key.record = True, moved.record
 
 
 class PayOutcome(Enum):
@@ -85,13 +98,15 @@ class Payments:
         self._unavailable: tuple[type[Exception], ...] = (RedisError, OSError, *store.failures)
 
     async def pay(
-        self, booking_id: str, method: str, idem_key: str | None = None
+        self, booking_id: str, method: str, key: KeyRef | None = None
     ) -> tuple[PayOutcome, BookingRecord]:
         """Charge for a held booking and confirm it; answered only after the SQL commit.
 
-        ``idem_key`` is the request's Idempotency-Key: a retry of a pay whose first answer was
-        lost (the process died) is recognised by it and answered from the booking's state.
+        ``key`` is the request's Idempotency-Key: the pay's outcome is stored under it in the
+        commit that settles the booking, and a retry of a pay whose first attempt left its
+        payment behind (its process died) is recognised by it, never charged again.
         """
+        idem_key = key.key if key is not None else None
         booking = await self._bookings.get(booking_id)
         payment = booking.payment
         if idem_key is not None and payment is not None and payment.idem_key == idem_key:
@@ -138,7 +153,7 @@ class Payments:
             ) from exc
         crash_point(self._settings.fault, "after_charge")
         try:
-            outcome = await self.settle_charge(booking, charge)
+            outcome = await self.settle_charge(booking, charge, key)
         except self._unavailable as exc:
             # Recovery settles it once the payment window is over; the booking says how.
             log.error("booking %s: charge taken, settling failed: %s", booking_id, exc)
@@ -147,6 +162,8 @@ class Payments:
                 " it will be confirmed or refunded shortly",
                 retry_after_s=2,
             ) from exc
+        if key is not None and key.record is not None:
+            return outcome, key.record  # as its commit left it, as a replay will show it
         return outcome, await self._bookings.get(booking_id)
 
     def _pay_again(self, booking: BookingRecord) -> tuple[PayOutcome, BookingRecord]:
@@ -164,18 +181,22 @@ class Payments:
             raise Conflict("This payment was refunded", state=state)
         return PayOutcome.CONFIRMED, booking
 
-    async def settle_charge(self, booking: BookingRecord, charge: Charge) -> PayOutcome:
+    async def settle_charge(
+        self, booking: BookingRecord, charge: Charge, key: KeyRef | None = None
+    ) -> PayOutcome:
         """Turn a charge of a PAYMENT_PENDING booking into CONFIRMED, or undo it all.
 
         Used by pay, and by the recovery of a pay whose process died after charging.
         """
         booking_id = booking.id
         if not charge.captured:
-            await self._store.transition(
+            declined = await self._store.transition(
                 booking_id,
                 move(State.CANCELLED, "payment-failed"),
                 payment=payment_move(PaymentStatus.FAILED, payment_id=charge.payment_id),
+                answer=key.answer(DECLINED) if key else None,
             )
+            _stored(key, declined)
             await self._holds.release(booking.flight_id, booking.seats, booking_id)
             return PayOutcome.DECLINED
 
@@ -188,7 +209,9 @@ class Payments:
             booking_id,
             move(State.CONFIRMED, "payment-captured"),
             payment=payment_move(PaymentStatus.CAPTURED, payment_id=charge.payment_id),
+            answer=key.answer(CONFIRMED) if key else None,
         )
+        _stored(key, moved)
         if not moved.moved:
             if moved.state == State.CONFIRMED.value:
                 # Another settler of the same charge (a recovery, a retry) got there first.
@@ -220,10 +243,15 @@ class Payments:
                     raise
         log.warning("booking %s: captured payment refunded (%s)", booking.id, cause)
 
-    async def refund(self, booking_id: str) -> BookingRecord:
+    async def refund(self, booking_id: str, key: KeyRef | None = None) -> BookingRecord:
         booking = await self._bookings.get(booking_id)
-        require(State(booking.state), State.REFUNDED)
         payment = booking.payment
+        if key is not None and payment is not None and payment.refund_key == key.key:
+            # This request's own refund, claimed by an attempt whose answer was lost.
+            if payment.status == PaymentStatus.REFUNDED.value:
+                return booking
+            raise Unavailable("The refund of this booking is being completed", retry_after_s=2)
+        require(State(booking.state), State.REFUNDED)
         refundable = {PaymentStatus.CAPTURED.value, PaymentStatus.REFUNDING.value}
         if payment is None or payment.status not in refundable:
             raise Conflict(
@@ -233,7 +261,7 @@ class Payments:
         try:
             claimed = await self._store.change_payment(
                 booking_id,
-                payment_move(PaymentStatus.REFUNDING),
+                payment_move(PaymentStatus.REFUNDING, idem_key=key.key if key else None),
                 booking_in=move(State.REFUNDED, "refund").sources,
             )
         except PaymentChanged as exc:
@@ -256,11 +284,13 @@ class Payments:
             booking_id,
             move(State.REFUNDED, "refund"),
             payment=payment_move(PaymentStatus.REFUNDED, only_from=PaymentStatus.REFUNDING),
+            answer=key.answer(REFUNDED) if key else None,
         )
         # REFUNDED already: recovery finished this same refund while the gateway was slow.
         if not moved.moved and moved.state != State.REFUNDED.value:
             raise InvalidTransition(str(moved.state), State.REFUNDED.value)
-        return await self._bookings.get(booking_id)
+        _stored(key, moved)
+        return moved.record or await self._bookings.get(booking_id)
 
 
 class PaymentRecovery:

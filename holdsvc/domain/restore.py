@@ -14,6 +14,7 @@ import asyncio
 import logging
 
 from holdsvc.domain.flights import Flight, Flights
+from holdsvc.domain.idempotency import KeyRef
 from holdsvc.domain.records import NewFlight
 from holdsvc.domain.states import ENDED, HOLDING, State, move
 from holdsvc.domain.store import BookingStore
@@ -29,10 +30,10 @@ class Restorer:
         self._flights = flights
         self._locks: dict[int, asyncio.Lock] = {}
 
-    async def add_flight(self, new: NewFlight) -> Flight:
+    async def add_flight(self, new: NewFlight, key: KeyRef | None = None) -> Flight:
         """Create a flight and give it its Redis marker (it has nothing booked to restore), so
         holds on it are served at once."""
-        flight = await self._flights.create(new)
+        flight = await self._flights.create(new, key)
         await self.restore(flight.id, "new flight")
         return flight
 

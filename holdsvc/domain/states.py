@@ -108,6 +108,7 @@ def payment_move(
     *,
     only_from: PaymentStatus | frozenset[PaymentStatus] | None = None,
     payment_id: str | None = None,
+    idem_key: str | None = None,
 ) -> PaymentChange:
     """The compare-and-set for moving a payment to ``target``, sources from the one table.
 

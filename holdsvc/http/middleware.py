@@ -14,11 +14,12 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from holdsvc.appkeys import HOLD_KEY, IDEMPOTENCY, IDEMPOTENCY_KEY, METRICS, REQUEST_ID
+from holdsvc.appkeys import HOLD_KEY, IDEMPOTENCY, KEY_REF, METRICS, REQUEST_ID
 from holdsvc.domain.bookings import REPLAYED_HEADER, HoldKey
-from holdsvc.domain.errors import Conflict, IdempotencyMismatch, ValidationError
-from holdsvc.domain.records import Claim
-from holdsvc.http.views import error_response, redis_unavailable
+from holdsvc.domain.errors import Conflict, IdempotencyMismatch, Unavailable, ValidationError
+from holdsvc.domain.idempotency import IdempotencyKeys, KeyRef
+from holdsvc.domain.records import Claim, ClaimResult
+from holdsvc.http.views import error_response, redis_unavailable, stored_outcome
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,14 @@ def _answer(request: web.Request, exc: Exception) -> web.Response:
 
 @web.middleware
 async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The same key and body get the first answer again, errors included (as Stripe does).
+    """The same key and request get the first answer again, errors included (as Stripe does).
 
-    The key is claimed in SQL before the handler runs, so a concurrent duplicate, in this
-    process or another, is told 409 instead of running twice; a different body under the same
-    key is refused with 422. A 5xx is not kept: the retry runs again.
+    A hold's key is claimed by the hold script in Redis. Every other key is claimed in SQL
+    before the handler runs, so a concurrent duplicate, in this process or another, is told
+    409 instead of running twice; a different request under the same key is refused with 422.
+    An effect in SQL stores its answer in its own commit; any other answer is stored after,
+    and one that cannot be stored is not sent (503: the retry finds out what happened). A 5xx
+    is not kept, and a claim left without an answer lapses within a lease, so the retry runs.
     """
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None or request.method != "POST":
@@ -128,41 +132,63 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         return await handler(request)
     keys = request.app[IDEMPOTENCY]
     claim, owner = await keys.claim(key, fingerprint)
+    try:
+        return await _run_claimed(request, handler, key, owner, claim)
+    finally:
+        keys.finish(owner)
+
+
+async def _run_claimed(
+    request: web.Request, handler: Handler, key: str, owner: str, claim: ClaimResult
+) -> web.StreamResponse:
+    keys = request.app[IDEMPOTENCY]
     if claim.claim is Claim.MISMATCH:
-        raise IdempotencyMismatch(
-            "Idempotency-Key was already used with a different request",
-        )
+        raise IdempotencyMismatch("Idempotency-Key was already used with a different request")
     if claim.claim is Claim.RUNNING:
         raise Conflict("A request with this Idempotency-Key is still in progress")
     if claim.claim is Claim.REPLAY:
-        assert claim.status is not None and claim.body is not None
-        return web.Response(
-            body=claim.body,
-            status=claim.status,
-            content_type="application/json",
-            headers={REPLAYED_HEADER: "true"},
-        )
+        if claim.outcome is not None:
+            assert claim.record is not None
+            replay = stored_outcome(claim.outcome, claim.record)
+        else:
+            assert claim.status is not None and claim.body is not None
+            replay = web.Response(
+                body=claim.body, status=claim.status, content_type="application/json"
+            )
+        replay.headers[REPLAYED_HEADER] = "true"
+        return replay
 
-    request[IDEMPOTENCY_KEY] = key
+    ref = request[KEY_REF] = KeyRef(key, owner)
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
-            await keys.release(key, owner)
+            await _release(keys, key, owner)
             raise
         response = _answer(request, exc)
     except Exception as exc:
         response = _answer(request, exc)
+    if ref.stored:
+        return response  # committed with the effect
     if response.status >= 500 or not isinstance(response, web.Response) or response.body is None:
-        await keys.release(key, owner)
+        await _release(keys, key, owner)
         return response
     assert isinstance(response.body, bytes)
     try:
         if not await keys.complete(key, owner, response.status, response.body):
             log.warning("Idempotency-Key %r was taken over while its request ran", key)
-    except Exception:
-        # The answer still goes out; the key must not stay "in progress" for good.
-        log.exception("storing the answer for Idempotency-Key %r failed", key)
-        with contextlib.suppress(Exception):
-            await keys.release(key, owner)
+    except Exception as exc:
+        # Not kept, so not sent: a retry must not run again after an answer it never saw
+        # kept. Its claim lapses; the retry finds the effect, if any, by its key.
+        log.warning("storing the answer for Idempotency-Key %r failed: %s", key, exc)
+        await _release(keys, key, owner)
+        return error_response(
+            Unavailable("The answer could not be recorded; retry with the same key")
+        )
     return response
+
+
+async def _release(keys: IdempotencyKeys, key: str, owner: str) -> None:
+    """Forget the claim at once (best effort: if SQL cannot take it, the lease lapses)."""
+    with contextlib.suppress(Exception):
+        await keys.release(key, owner)

@@ -14,18 +14,26 @@ from holdsvc.appkeys import (
     FLIGHTS,
     HEALTH,
     HOLD_KEY,
-    IDEMPOTENCY_KEY,
+    KEY_REF,
     PAYMENTS,
     RESTORER,
     SEAT_MAP,
     SETTINGS,
 )
-from holdsvc.domain.bookings import REPLAYED_HEADER
+from holdsvc.domain.bookings import CANCELLED, REPLAYED_HEADER
 from holdsvc.domain.errors import NotFound
-from holdsvc.domain.payments import PayOutcome
+from holdsvc.domain.payments import CONFIRMED as PAY_CONFIRMED
+from holdsvc.domain.payments import DECLINED as PAY_DECLINED
+from holdsvc.domain.payments import REFUNDED, PayOutcome
 from holdsvc.http import bodies, schemas
 from holdsvc.http.bodies import EmptyIn, FlightIn, HoldIn, PayIn
-from holdsvc.http.views import booking_view, flight_view, json_response
+from holdsvc.http.views import (
+    booking_action,
+    booking_view,
+    flight_view,
+    json_response,
+    new_flight_response,
+)
 
 _FLIGHT_ID = re.compile(r"[0-9]{1,15}")
 
@@ -44,8 +52,8 @@ def _flight_id(request: web.Request) -> int:
 
 async def create_flight(request: web.Request) -> web.Response:
     body = bodies.decode(*await _body(request), FlightIn)
-    flight = await request.app[RESTORER].add_flight(bodies.flight_from(body))
-    return json_response(flight_view(flight, len(flight.seats)), 201)
+    flight = await request.app[RESTORER].add_flight(bodies.flight_from(body), request.get(KEY_REF))
+    return new_flight_response(flight)
 
 
 async def list_flights(request: web.Request) -> web.Response:
@@ -88,23 +96,27 @@ async def get_booking(request: web.Request) -> web.Response:
 async def pay_booking(request: web.Request) -> web.Response:
     body = bodies.decode(*await _body(request), PayIn, optional=True)
     outcome, booking = await request.app[PAYMENTS].pay(
-        request.match_info["booking_id"], body.payment_method, request.get(IDEMPOTENCY_KEY)
+        request.match_info["booking_id"], body.payment_method, request.get(KEY_REF)
     )
-    if outcome is PayOutcome.DECLINED:
-        return json_response({"message": "Payment failed", **booking_view(booking)}, 402)
-    return json_response({"message": "Payment successful", **booking_view(booking)})
+    return booking_action(
+        PAY_DECLINED if outcome is PayOutcome.DECLINED else PAY_CONFIRMED, booking
+    )
 
 
 async def cancel_booking(request: web.Request) -> web.Response:
     bodies.decode(*await _body(request), EmptyIn, optional=True)
-    booking = await request.app[BOOKINGS].cancel(request.match_info["booking_id"])
-    return json_response({"message": "Booking cancelled", **booking_view(booking)})
+    booking = await request.app[BOOKINGS].cancel(
+        request.match_info["booking_id"], request.get(KEY_REF)
+    )
+    return booking_action(CANCELLED, booking)
 
 
 async def refund_booking(request: web.Request) -> web.Response:
     bodies.decode(*await _body(request), EmptyIn, optional=True)
-    booking = await request.app[PAYMENTS].refund(request.match_info["booking_id"])
-    return json_response({"message": "Refund processed", **booking_view(booking)})
+    booking = await request.app[PAYMENTS].refund(
+        request.match_info["booking_id"], request.get(KEY_REF)
+    )
+    return booking_action(REFUNDED, booking)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -13,9 +13,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from holdsvc.domain.bookings import CANCELLED
 from holdsvc.domain.errors import DomainError
+from holdsvc.domain.flights import CREATED as FLIGHT_CREATED
 from holdsvc.domain.flights import Flight
-from holdsvc.domain.records import BookingRecord, StoreUnavailable
+from holdsvc.domain.payments import CONFIRMED as PAY_CONFIRMED
+from holdsvc.domain.payments import DECLINED as PAY_DECLINED
+from holdsvc.domain.payments import REFUNDED
+from holdsvc.domain.records import BookingRecord, FlightRecord, PaymentRecord, StoreUnavailable
 from holdsvc.domain.states import HOLDING
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,35 @@ def booking_view(b: BookingRecord) -> dict[str, Any]:
         "updated_at": iso_ms(b.updated_at),
         "payment": payment,
     }
+
+
+# What a keyed request's stored outcome answers: the same status and message whether it is
+# the first answer or a replay (both are rendered here, from the record the commit left).
+_OUTCOMES: dict[str, tuple[int, str]] = {
+    PAY_CONFIRMED: (200, "Payment successful"),
+    PAY_DECLINED: (402, "Payment failed"),
+    CANCELLED: (200, "Booking cancelled"),
+    REFUNDED: (200, "Refund processed"),
+}
+
+
+def booking_action(outcome: str, booking: BookingRecord) -> web.Response:
+    status, message = _OUTCOMES[outcome]
+    return json_response({"message": message, **booking_view(booking)}, status)
+
+
+def new_flight_response(flight: Flight) -> web.Response:
+    return json_response(flight_view(flight, len(flight.seats)), 201)
+
+
+def stored_outcome(outcome: str, record: bytes) -> web.Response:
+    """The answer an outcome stored with its effect stands for, from that commit's record."""
+    data = orjson.loads(record)
+    if outcome == FLIGHT_CREATED:
+        return new_flight_response(Flight.of(FlightRecord(**data)))
+    payment = data.pop("payment")
+    booking = BookingRecord(**data, payment=PaymentRecord(**payment) if payment else None)
+    return booking_action(outcome, booking)
 
 
 def flight_view(f: Flight, available: int) -> dict[str, Any]:
