@@ -313,7 +313,17 @@ def _answered(
 
 def create_flight(
     conn: sqlite3.Connection, flight: NewFlight, at: int, answer: KeyAnswer | None = None
-) -> int:
+) -> tuple[int, int]:
+    """The new flight's id and creation time. Under a key another attempt already answered
+    (its claim was taken over while it ran), that attempt's flight: never a second one."""
+    if answer is not None:
+        done = conn.execute(
+            "SELECT record FROM idempotency_keys WHERE key = ? AND outcome = ?",
+            (answer.key, answer.outcome),
+        ).fetchone()
+        if done is not None:
+            made = json.loads(done[0])
+            return int(made["id"]), int(made["created_at"])
     cur = conn.execute(
         "INSERT INTO flights (flight_number, origin, destination, departure_time,"
         " seat_rows, seat_letters, price, currency, created_at)"
@@ -335,7 +345,7 @@ def create_flight(
         store_answer(
             conn, answer, FlightRecord(cur.lastrowid, created_at=at, **flight_fields(flight))
         )
-    return cur.lastrowid
+    return cur.lastrowid, at
 
 
 class TransitionOp(BatchOp):

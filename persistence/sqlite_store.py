@@ -145,8 +145,8 @@ class SqlStore(SqliteKeys):
     ) -> FlightRecord:
         at = now_ms()
 
-        flight_id = await self._writer.submit(Call(create_flight, (flight, at, answer)))
-        return FlightRecord(id=flight_id, created_at=at, **flight_fields(flight))
+        flight_id, created = await self._writer.submit(Call(create_flight, (flight, at, answer)))
+        return FlightRecord(id=flight_id, created_at=created, **flight_fields(flight))
 
     async def get_flight(self, flight_id: int) -> FlightRecord | None:
         async with self._query(
