@@ -1,5 +1,6 @@
 """http_holds: POST /api/bookings/ end to end, next to a do-nothing aiohttp endpoint served the
-same way, under the same load generator (wrk, a separate process)."""
+same way, under the same load generator in separate processes: wrk when it is installed, else
+bench/loadgen.py (the report says which ran)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench import loadgen
 from holdsvc import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -94,8 +96,16 @@ def _ms(value: str, unit: str) -> float:
 
 
 def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dict[str, Any]:
-    if shutil.which("wrk") is None:
-        return {"skipped": "wrk is not installed (apt-get install wrk)"}
+    use_wrk = shutil.which("wrk") is not None and not os.environ.get("HOLDSVC_BENCH_NO_WRK")
+
+    def drive(port: int, script: str = "holds.lua") -> dict[str, Any]:
+        if use_wrk:
+            return wrk(port, seconds, 64, flights, script)
+        return loadgen.load(
+            port, seconds, 64, flights, ROWS, LETTERS, best=script == "holds_best.lua"
+        )
+
+    generator = "wrk -t2 -c64" if use_wrk else "bench/loadgen.py, 2 processes, 64 connections"
     db = workdir / "http.sqlite3"
     hold_port, noop_port, bare_port = free_port(), free_port(), free_port()
     service = subprocess.Popen(
@@ -125,11 +135,11 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
             for _ in range(flights)
         ]
         assert ids == list(range(1, flights + 1)), ids
-        noop_result = wrk(noop_port, seconds, 64, flights)
-        bare_result = wrk(bare_port, seconds, 64, flights)
-        hold_result = wrk(hold_port, seconds, 64, flights)
+        noop_result = drive(noop_port)
+        bare_result = drive(bare_port)
+        hold_result = drive(hold_port)
         # Best-available holds (seat_count 1-4) on the same 1,800-seat flights, right after.
-        best_result = wrk(hold_port, seconds, 64, flights, "holds_best.lua")
+        best_result = drive(hold_port, "holds_best.lua")
     finally:
         for proc in (service, noop, bare):
             proc.send_signal(signal.SIGTERM)
@@ -161,7 +171,7 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
         "refused_per_s": round(hold_result["non_2xx"] / hold_result["seconds"]),
         "live_holds": live_holds,
         "audit_differences": differences,
-        "generator": "wrk -t2 -c64",
+        "generator": generator,
         "workers": 1,
         "hold": hold_result,
         "noop": noop_result,
@@ -175,7 +185,7 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
             "p99_ms": best_result["p99_ms"],
             "refused_per_s": round(best_result["non_2xx"] / best_result["seconds"]),
             "seats_per_flight": ROWS * len(LETTERS),
-            "generator": "wrk -t2 -c64",
+            "generator": generator,
             "hold": best_result,
         },
     }
