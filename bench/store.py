@@ -215,8 +215,9 @@ async def _memory(url: str, seat_count: int) -> dict[str, Any]:
 
     async def one(f: int, seats: list[str]) -> None:
         async with sem:
-            # Booking ids as the service makes them: 16 url-safe characters.
-            result = await holds.hold(f, seats, secrets.token_urlsafe(12), TTL_MS, META)
+            # Booking ids as long as the service makes them: 20 url-safe characters and the flight.
+            bid = f"{secrets.token_urlsafe(15)}.{f}"
+            result = await holds.hold(f, seats, bid, TTL_MS, META)
             assert isinstance(result, Held)
 
     await asyncio.gather(*(one(f, s) for f, s in jobs))
