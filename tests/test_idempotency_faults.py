@@ -133,6 +133,8 @@ async def test_keyed_pays_and_holds_survive_the_sql_writer_killed(
     await asyncio.sleep(2)
     for key, url in pays.items():
         assert await _post(client, url, key) == finals[key], key
+    for key, body in hold_bodies.items():
+        assert await _post(client, "/api/bookings/", key, body) == finals[key], key
 
     async def settled() -> bool:
         return unsettled(settings.db_path) == []
@@ -141,7 +143,7 @@ async def test_keyed_pays_and_holds_survive_the_sql_writer_killed(
     await check_invariants(settings.db_path, settings.gateway_ledger_path, redis, fid)
 
 
-async def test_keyed_pays_survive_the_service_killed(
+async def test_keyed_pays_and_holds_survive_the_service_killed(
     tmp_path: Path,
     redis_server: EmbeddedRedis,
     redis: Redis,
@@ -162,49 +164,62 @@ async def test_keyed_pays_survive_the_service_killed(
         flight = {**SMALL_FLIGHT, "rows": 12, "seat_letters": "ABCDE"}
         async with http.post(f"{doomed.base}/api/flights/", json=flight) as resp:
             fid = (await resp.json())["id"]
+        async with http.post(f"{doomed.base}/api/flights/", json=flight) as resp:
+            fid2 = (await resp.json())["id"]
         bids = []
         for i in range(N):
             seat = f"{i // 5 + 1}{'ABCDE'[i % 5]}"
-            body = {"flight_id": fid, "user_id": f"u{i}", "seats": [seat]}
-            async with http.post(f"{doomed.base}/api/bookings/", json=body) as resp:
+            plain = {"flight_id": fid, "user_id": f"u{i}", "seats": [seat]}
+            async with http.post(f"{doomed.base}/api/bookings/", json=plain) as resp:
                 bids.append((await resp.json())["id"])
-        pays = {f"pay-{b}": f"/api/bookings/{b}/pay/" for b in bids}
+        # Keyed pays of those holds, and keyed holds of the other seats, all in flight.
+        requests: dict[str, tuple[str, dict[str, Any] | None]] = {
+            f"pay-{b}": (f"/api/bookings/{b}/pay/", None) for b in bids
+        }
+        for i in range(N):
+            seat = f"{i // 5 + 1}{'ABCDE'[i % 5]}"
+            keyed = {"flight_id": fid2, "user_id": f"k{i}", "seats": [seat]}
+            requests[f"hold-{i}"] = ("/api/bookings/", keyed)
 
         answered = 0
         some_answered = asyncio.Event()
-
         kill_after = random.Random().randint(1, N // 2)
 
-        async def pay(key: str, url: str) -> tuple[int, Any]:
+        async def send(key: str, url: str, body: dict[str, Any] | None) -> tuple[int, Any]:
             nonlocal answered
-            result = await _post(http, doomed.base + url, key)
+            result = await _post(http, doomed.base + url, key, body)
             answered += 1
             if answered >= kill_after:
                 some_answered.set()
             return result
 
         async def kill() -> None:
-            # While pays are in every stage: some answered, the others in flight.
+            # While requests are in every stage: some answered, the others in flight.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(some_answered.wait(), 5)
             doomed.stop(signal.SIGKILL)
 
-        first = await asyncio.gather(kill(), *(pay(key, url) for key, url in pays.items()))
-        firsts = dict(zip(pays, first[1:], strict=True))
+        first = await asyncio.gather(
+            kill(), *(send(key, url, body) for key, (url, body) in requests.items())
+        )
+        firsts = dict(zip(requests, first[1:], strict=True))
         assert any(s == 0 for s, _ in firsts.values()), "the service died after every answer"
 
         survivor = services(args)
         try:
             finals = {
-                key: await _settle(http, survivor.base + url, key, None)
-                for key, url in pays.items()
+                key: await _settle(http, survivor.base + url, key, body)
+                for key, (url, body) in requests.items()
             }
         except AssertionError:
             print("\n".join(x for x in survivor.output.splitlines() if "access" not in x)[-8000:])
             raise
-            _check_answers(firsts, finals)
-        for key, url in pays.items():
-            assert await _post(http, survivor.base + url, key) == finals[key], key
+        _check_answers(firsts, finals)
+        # One hold a key: every hold key answers one booking, each a different one.
+        held = {a["id"] for k, (s, a) in finals.items() if k.startswith("hold-") and s == 201}
+        assert len(held) == N
+        for key, (url, body) in requests.items():
+            assert await _post(http, survivor.base + url, key, body) == finals[key], key
 
     db = tmp_path / "holdsvc.sqlite3"
 
