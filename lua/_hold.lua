@@ -39,3 +39,71 @@ local function remember_refusal(key, fingerprint, ttl, kind, detail)
   redis.call('PEXPIRE', key, ttl)
 end
 
+-- The free-seat index of a flight, for hold_best: {f:<flight>}:m, a bitmap, one bit a seat
+-- in row-major order (1 = taken); {f:<flight>}:r and {f:<flight>}:c, one byte a row: the
+-- row's longest run of free seats, and its number of free seats; {f:<flight>}:l, the layout
+-- "<rows>:<letters>" (index_seats.lua writes it; without it there is no index, and hold_best
+-- scans the seats). The scripts that take or free seats keep it; a seat freed by its TTL is
+-- cleared by free_lapsed.lua once its expiry is recorded. So the index can only lag towards
+-- "taken", which undersells, never towards "free": a seat is always taken with SET NX.
+
+local function layout(key)
+  local l = redis.call('GET', key)
+  if not l then return nil, nil end
+  local rows, letters = string.match(l, '^(%d+):(%u+)$')
+  return tonumber(rows), letters
+end
+
+local function ensure_index(m, r, c, rows, width)
+  if redis.call('EXISTS', r) == 0 then
+    redis.call('SET', r, string.rep(string.char(width), rows))
+    redis.call('SET', c, string.rep(string.char(width), rows))
+  end
+end
+
+-- The row and bit offset of a seat name ("12C"), or nil for a name outside the layout.
+local function seat_bit(name, letters, width, rows)
+  local row = tonumber(string.sub(name, 1, -2))
+  local col = string.find(letters, string.sub(name, -1), 1, true)
+  if not row or not col or row < 1 or row > rows then return nil, nil end
+  return row, (row - 1) * width + col - 1
+end
+
+-- The free columns (0-based, left to right) of a row, as the bitmap has them.
+local function free_cols(m, row, width)
+  local v = redis.call('BITFIELD', m, 'GET', 'u' .. width, (row - 1) * width)[1]
+  local cols = {}
+  for col = 0, width - 1 do
+    if math.floor(v / 2 ^ (width - 1 - col)) % 2 == 0 then cols[#cols + 1] = col end
+  end
+  return cols
+end
+
+local function reindex_row(m, r, c, row, width)
+  local cols = free_cols(m, row, width)
+  local best, run = 0, 0
+  for i = 1, #cols do
+    if i > 1 and cols[i] == cols[i - 1] + 1 then run = run + 1 else run = 1 end
+    if run > best then best = run end
+  end
+  redis.call('SETRANGE', r, row - 1, string.char(best))
+  redis.call('SETRANGE', c, row - 1, string.char(#cols))
+end
+
+-- Mark seat names taken (1) or free (0) in the index, if the flight has one.
+local function index_mark(m, r, c, l, names, bit)
+  local rows, letters = layout(l)
+  if not rows then return end
+  local width = #letters
+  ensure_index(m, r, c, rows, width)
+  local touched = {}
+  for _, name in ipairs(names) do
+    local row, offset = seat_bit(name, letters, width, rows)
+    if row then
+      redis.call('SETBIT', m, offset, bit)
+      touched[row] = true
+    end
+  end
+  for row in pairs(touched) do reindex_row(m, r, c, row, width) end
+end
+

@@ -7,6 +7,7 @@
 --                                 this Redis (missing: Redis lost its data, not restored yet)
 -- KEYS[3]   {f:<flight>}:b:<id>   the booking's record (hash), written with the seats
 -- KEYS[4]   {f:<flight>}:k:<key>  the Idempotency-Key's entry (hash); unused without a key
+-- KEYS[5..8] {f:<flight>}:m, :r, :c, :l  the flight's free-seat index (_hold.lua)
 -- ARGV[1]   booking id, stored as each held seat's value
 -- ARGV[2]   hold time, milliseconds (integer > 0)
 -- ARGV[3]   user id       ARGV[4] amount       ARGV[5] currency
@@ -16,10 +17,18 @@
 -- ARGV[9]   number of rows of the flight (seats are <row><letter>, rows from 1)
 -- ARGV[10]  the seat letters of a row, in order across the cabin (e.g. ABCDEF)
 --
+-- With the index, the work does not grow with the flight's size or fill: a string.find over
+-- the per-row bytes (in C) finds the first row that fits, one BITFIELD reads its seats, and
+-- only the chosen seats are checked (EXISTS). A seat the index calls free but that is taken
+-- (it cannot happen the other way round) is marked taken and the choice is made again.
+-- Without an index (a flight not indexed yet), every seat is checked, as before.
+--
 -- Seat keys are derived from KEYS[1]'s hash tag ({f:<flight>}:<seat>, the same slot): listing
--- every seat of the flight as KEYS would cost the client more than the hold itself. Every seat
--- key is read (EXISTS) before the first write, so a script that Redis Cluster refuses part-way
--- (a key of a slot being migrated) is refused before it changed anything.
+-- every seat of the flight as KEYS would cost the client more than the hold itself. Every
+-- undeclared seat key is read (EXISTS) before the first write to one, and the only writes
+-- before that are to the declared index keys, so a script that Redis Cluster refuses
+-- part-way (an undeclared key of a slot being migrated) has changed nothing but the index's
+-- own correction of a seat it already knew to be taken.
 --
 -- Preference: N adjacent free seats in one row; else N free seats in one row; else the first
 -- N free seats of the cabin.
@@ -42,43 +51,110 @@ local want = tonumber(ARGV[8])
 local rows = tonumber(ARGV[9])
 local letters = ARGV[10]
 local width = #letters
+local M, R, C = KEYS[5], KEYS[6], KEYS[7]
 
-local chosen = nil
-local same_row = nil
-local anywhere = {}
-
-for r = 1, rows do
-  local free_in_row = {}
-  local run = 0
-  for c = 1, width do
-    local name = r .. string.sub(letters, c, c)
-    if rcall('EXISTS', prefix .. name) == 0 then
-      free_in_row[#free_in_row + 1] = name
-      if #anywhere < want then anywhere[#anywhere + 1] = name end
-      run = run + 1
-      if run == want then
-        chosen = {}
-        for k = #free_in_row - want + 1, #free_in_row do chosen[#chosen + 1] = free_in_row[k] end
-        break
+-- The old way: every seat checked, row by row. O(seats); used without an index.
+local function scan()
+  local chosen, same_row, anywhere = nil, nil, {}
+  for r = 1, rows do
+    local free_in_row = {}
+    local run = 0
+    for c = 1, width do
+      local name = r .. string.sub(letters, c, c)
+      if rcall('EXISTS', prefix .. name) == 0 then
+        free_in_row[#free_in_row + 1] = name
+        if #anywhere < want then anywhere[#anywhere + 1] = name end
+        run = run + 1
+        if run == want then
+          chosen = {}
+          for k = #free_in_row - want + 1, #free_in_row do chosen[#chosen + 1] = free_in_row[k] end
+          break
+        end
+      else
+        run = 0
       end
-    else
-      run = 0
+    end
+    if chosen then break end
+    if same_row == nil and #free_in_row >= want then
+      same_row = {}
+      for k = 1, want do same_row[k] = free_in_row[k] end
     end
   end
-  if chosen then break end
-  if same_row == nil and #free_in_row >= want then
-    same_row = {}
-    for k = 1, want do same_row[k] = free_in_row[k] end
+  chosen = chosen or same_row
+  if chosen == nil then
+    if #anywhere < want then return nil, #anywhere end
+    chosen = anywhere
   end
+  return chosen, nil
 end
 
-chosen = chosen or same_row
-if chosen == nil then
-  if #anywhere < want then
-    if keyed then remember_refusal(KEYS[4], ARGV[6], ARGV[7], 'n', #anywhere) end
-    return {2, #anywhere}
+-- The index's choice, in the same order of preference; nil, free when too few seats.
+local function pick()
+  local names = {}
+  local fit = '[' .. string.char(math.min(want, 255)) .. '-\255]'
+  local row = string.find(rcall('GET', R) or '', fit)
+  if row then
+    local cols = free_cols(M, row, width)
+    local run = 0
+    for i = 1, #cols do
+      if i > 1 and cols[i] == cols[i - 1] + 1 then run = run + 1 else run = 1 end
+      if run == want then
+        for k = i - want + 1, i do
+          names[#names + 1] = row .. string.sub(letters, cols[k] + 1, cols[k] + 1)
+        end
+        return names, nil
+      end
+    end
   end
-  chosen = anywhere
+  local counts = rcall('GET', C) or ''
+  row = string.find(counts, fit)
+  if row then
+    local cols = free_cols(M, row, width)
+    for k = 1, want do
+      names[#names + 1] = row .. string.sub(letters, cols[k] + 1, cols[k] + 1)
+    end
+    return names, nil
+  end
+  local at = 1
+  while #names < want do
+    row = string.find(counts, '[\1-\255]', at)
+    if not row then break end
+    for _, col in ipairs(free_cols(M, row, width)) do
+      if #names < want then names[#names + 1] = row .. string.sub(letters, col + 1, col + 1) end
+    end
+    at = row + 1
+  end
+  if #names < want then
+    local free = 0
+    for i = 1, #counts do free = free + string.byte(counts, i) end
+    return nil, free
+  end
+  return names, nil
+end
+
+local chosen, free = nil, nil
+local indexed = layout(KEYS[8]) ~= nil
+if indexed then
+  ensure_index(M, R, C, rows, width)
+  for _ = 1, 32 do
+    chosen, free = pick()
+    if not chosen then break end
+    local stale = {}
+    for _, name in ipairs(chosen) do
+      if rcall('EXISTS', prefix .. name) == 1 then stale[#stale + 1] = name end
+    end
+    if #stale == 0 then break end
+    index_mark(M, R, C, KEYS[8], stale, 1)
+    chosen = nil
+  end
+  -- An index this far off (it should never be) is not trusted: check every seat.
+  if not chosen and not free then chosen, free = scan() end
+else
+  chosen, free = scan()
+end
+if not chosen then
+  if keyed then remember_refusal(KEYS[4], ARGV[6], ARGV[7], 'n', free) end
+  return {2, free}
 end
 
 local now = now_ms()
@@ -89,6 +165,7 @@ for _, name in ipairs(chosen) do
   result[#result + 1] = name
 end
 rcall('ZADD', KEYS[1], deadline, ARGV[1])
+index_mark(M, R, C, KEYS[8], chosen, 1)
 local seats = table.concat(chosen, ',')
 write_record(KEYS[3], seats, deadline, now)
 if keyed then remember_hold(KEYS[4], ARGV[6], ARGV[7], ARGV[1], seats, deadline, now) end

@@ -6,7 +6,8 @@
 --                                      this Redis (missing: Redis lost its data, not restored)
 -- KEYS[3]        {f:<flight>}:b:<id>   the booking's record (hash), written with the seats
 -- KEYS[4]        {f:<flight>}:k:<key>  the Idempotency-Key's entry (hash); unused without a key
--- KEYS[5..n+4]   {f:<flight>}:<seat>   the seats to hold
+-- KEYS[5..8]     {f:<flight>}:m, :r, :c, :l   the flight's free-seat index (_hold.lua)
+-- KEYS[9..n+8]   {f:<flight>}:<seat>   the seats to hold
 -- ARGV[1]        booking id, stored as each held seat's value
 -- ARGV[2]        hold time, milliseconds (integer > 0)
 -- ARGV[3]        user id       ARGV[4] amount       ARGV[5] currency
@@ -16,7 +17,7 @@
 -- Returns (closed set):
 --   {1, deadline_ms, created_ms}  every seat held until deadline_ms (Redis clock)
 --   {2, i, j, ...}                nothing held: the seats at 1-based positions i, j, ... of
---                                 KEYS[5..] are held or booked by someone else
+--                                 KEYS[9..] are held or booked by someone else
 --   {3}                           nothing held: the flight's marker is missing; a free-looking
 --                                 seat may be sold in SQL, so nothing is held until restored
 --   {4, <entry>...}               the key's first answer (_hold.lua's replay()); nothing
@@ -38,9 +39,9 @@ if rcall('EXISTS', KEYS[2]) == 0 then return {3} end
 
 local taken = {2}
 local names = {}
-for i = 5, #KEYS do
+for i = 9, #KEYS do
   if rcall('EXISTS', KEYS[i]) == 1 then
-    taken[#taken + 1] = i - 4
+    taken[#taken + 1] = i - 8
     names[#names + 1] = string.sub(KEYS[i], #KEYS[1])
   end
 end
@@ -52,11 +53,12 @@ end
 local now = now_ms()
 local deadline = string.format('%d', now + tonumber(ARGV[2]))
 local seats = {}
-for i = 5, #KEYS do
+for i = 9, #KEYS do
   rcall('SET', KEYS[i], ARGV[1], 'NX', 'PXAT', deadline)
   seats[#seats + 1] = string.sub(KEYS[i], #KEYS[1])
 end
 rcall('ZADD', KEYS[1], deadline, ARGV[1])
+index_mark(KEYS[5], KEYS[6], KEYS[7], KEYS[8], seats, 1)
 write_record(KEYS[3], table.concat(seats, ','), deadline, now)
 if keyed then remember_hold(KEYS[4], ARGV[6], ARGV[7], ARGV[1], table.concat(seats, ','), deadline, now) end
 return {1, tonumber(deadline), now}

@@ -4,7 +4,8 @@
 -- KEYS[2]        {f:<flight>}:b:<id>   the booking's record, deleted too: callers release only
 --                                      once the booking's outcome is in SQL, or for a hold
 --                                      that never answered
--- KEYS[3..n+2]   {f:<flight>}:<seat>   every seat of the booking
+-- KEYS[3..6]     {f:<flight>}:m, :r, :c, :l   the flight's free-seat index (_hold.lua)
+-- KEYS[7..n+6]   {f:<flight>}:<seat>   every seat of the booking
 -- ARGV[1]        booking id
 --
 -- A seat whose value is another booking's is left alone: after an expiry, someone else may hold
@@ -17,13 +18,16 @@ local bid = ARGV[1]
 local booked = '!' .. bid
 
 local freed = 0
-for i = 3, #KEYS do
+local names = {}
+for i = 7, #KEYS do
   local v = rcall('GET', KEYS[i])
   if v == bid or v == booked then
     rcall('DEL', KEYS[i])
     freed = freed + 1
+    names[#names + 1] = string.sub(KEYS[i], #KEYS[1])
   end
 end
 rcall('ZREM', KEYS[1], bid)
 rcall('DEL', KEYS[2])
+index_mark(KEYS[3], KEYS[4], KEYS[5], KEYS[6], names, 0)
 return freed

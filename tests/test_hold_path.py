@@ -170,3 +170,77 @@ async def test_keyed_hold_replays_across_a_restart(
     status, again, replayed = await _keyed_hold(second_app, "k-restart", body)
     assert (status, again, replayed) == (201, first, "true")
     await asyncio.sleep(0)
+
+
+async def _evalsha_usec(redis: Redis) -> float:
+    stats = await redis.info("commandstats")
+    return float(stats["cmdstat_evalsha"]["usec_per_call"])
+
+
+async def test_best_available_costs_no_more_than_twice_an_explicit_hold_when_nearly_full(
+    make_client: MakeClient, settings: Settings, redis: Redis
+) -> None:
+    # No sweeper: its scripts would count in the same EVALSHA statistics.
+    client = await make_client(settings.replace(sweep_interval=0))
+    letters = "ABCDEFGHIJKL"
+    full = await new_flight(client, rows=150, seat_letters=letters)
+    empty = await new_flight(client, rows=150, seat_letters=letters)
+    # 90 % full, the free seats scattered: one free seat a row, never two side by side.
+    for row in range(1, 151):
+        seats = [f"{row}{c}" for i, c in enumerate(letters) if i != row % 12]
+        for part in (seats[:6], seats[6:]):
+            await hold(client, full["id"], part)
+
+    async def run(flight_id: int, body: dict[str, Any]) -> float:
+        await redis.config_resetstat()
+        for _ in range(20):
+            resp = await client.post("/api/bookings/", json={"flight_id": flight_id, **body})
+            assert resp.status == 201, await resp.text()
+        return await _evalsha_usec(redis)
+
+    explicit = []
+    for n in range(20):
+        row = 1 + n
+        explicit.append([f"{row}{c}" for c in "ABCD"])
+    await redis.config_resetstat()
+    for seats in explicit:
+        await hold(client, empty["id"], seats)
+    explicit_usec = await _evalsha_usec(redis)
+    best_usec = await run(full["id"], {"user_id": "u", "seat_count": 4})
+    assert best_usec <= 2 * explicit_usec, (best_usec, explicit_usec)
+    # Adjacent when a row has room: the empty flight's first row with four free side by side.
+    resp = await client.post(
+        "/api/bookings/", json={"flight_id": empty["id"], "user_id": "u", "seat_count": 4}
+    )
+    assert (await resp.json())["seats"] == ["1E", "1F", "1G", "1H"]
+
+
+async def test_seats_freed_by_expiry_are_offered_to_best_available_again(
+    make_client: MakeClient, settings: Settings, redis: Redis
+) -> None:
+    client = await make_client(settings.replace(hold_ttl=0.5, sweep_interval=0.2))
+    flight = await new_flight(client, rows=1, seat_letters="ABCD")
+    first = await client.post(
+        "/api/bookings/", json={"flight_id": flight["id"], "user_id": "a", "seat_count": 4}
+    )
+    assert first.status == 201
+    refused = await client.post(
+        "/api/bookings/", json={"flight_id": flight["id"], "user_id": "b", "seat_count": 1}
+    )
+    assert refused.status == 409 and (await refused.json())["available"] == 0
+    store = client.app[STORE]
+    booking_id = (await first.json())["id"]
+
+    async def expired() -> bool:
+        states: dict[str, str] = await store.states_of([booking_id])
+        return states.get(booking_id) == "EXPIRED"
+
+    await eventually(expired, timeout=10)
+
+    async def offered() -> bool:
+        resp = await client.post(
+            "/api/bookings/", json={"flight_id": flight["id"], "user_id": "b", "seat_count": 4}
+        )
+        return resp.status == 201
+
+    await eventually(offered, timeout=5)

@@ -105,6 +105,8 @@ OUT_OF_SET: dict[str, tuple[str, Callable[[HoldStore], Awaitable[object]]]] = {
     "release_seats": ("2", lambda s: s.release(1, ["1A"], "b")),
     "due_holds": ("7", lambda s: s.due(1, 10)),
     "restore_seats": ("-1", lambda s: s.restore(1, [("1A", "b")], "r")),
+    "index_seats": ("-1", lambda s: s.index(1, 2, "AB")),
+    "free_lapsed": ("5", lambda s: s.forget(1, ["b"], ["1A"])),
 }
 
 

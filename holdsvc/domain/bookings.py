@@ -156,7 +156,7 @@ class Bookings:
             await self._store.transition(booking.id, expire)
             return
         await self._store.end_holds([booking.id], {booking.id: new_booking(booking)}, expire)
-        await self._holds.forget(booking.flight_id, [booking.id])
+        await self._holds.forget(booking.flight_id, [booking.id], booking.seats)
 
     async def hold(self, req: HoldRequest, key: HoldKey | None = None) -> HoldAnswer:
         flight = await self._flights.get(req.flight_id)

@@ -87,7 +87,8 @@ class Expirer:
                     {bid: new_booking(r) for bid, r in records.items()},
                     move(State.EXPIRED, cause),
                 )
-                await self._holds.forget(flight_id, due)
+                lapsed = [seat for r in records.values() for seat in r.seats]
+                await self._holds.forget(flight_id, due, lapsed)
                 recorded += len(moved)
                 if len(due) < BATCH:
                     break

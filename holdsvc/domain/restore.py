@@ -72,6 +72,9 @@ class Restorer:
                     cas = move(State.EXPIRED, "redis-data-lost", only_from=State(state))
                     lost += (await self._store.transition(bid, cas)).moved
             await self._holds.restore(flight_id, booked, run_id)
+            # After the booked seats, from the seat keys themselves: holds made meanwhile too.
+            flight = await self._flights.get(flight_id)
+            await self._holds.index(flight_id, flight.record.rows, flight.record.seat_letters)
             # SQL was read before the writes: a booking cancelled meanwhile must not stay booked.
             await self._reconcile_seats(flight_id)
             log.log(

@@ -260,6 +260,7 @@ class HoldStore:
             [
                 keys.deadlines(flight_id),
                 keys.record(flight_id, booking_id),
+                *keys.index(flight_id),
                 *keys.seats(flight_id, seats),
             ],
             [booking_id],
@@ -282,16 +283,32 @@ class HoldStore:
         )
         return [f for f, reply in zip(flight_ids, replies, strict=True) if reply]
 
-    async def forget(self, flight_id: int, booking_ids: list[str]) -> None:
-        """Drop holds from the deadline index, and their records, once their expiry is
-        recorded in SQL."""
-        if booking_ids:
-            await self._fast.execute_many(
-                [
-                    ("ZREM", keys.deadlines(flight_id), *booking_ids),
-                    ("DEL", *(keys.record(flight_id, b) for b in booking_ids)),
-                ]
-            )
+    async def forget(
+        self, flight_id: int, booking_ids: list[str], seats: Sequence[str] = ()
+    ) -> None:
+        """Once the expiry of these holds is recorded in SQL: drop them from the deadline
+        index, delete their records, and mark free in the free-seat index those of ``seats``
+        that their TTL freed."""
+        if not booking_ids:
+            return
+        reply = await self._eval(
+            self._s.free_lapsed,
+            [
+                keys.deadlines(flight_id),
+                *keys.index(flight_id),
+                *(keys.record(flight_id, b) for b in booking_ids),
+            ],
+            [*booking_ids, *seats],
+        )
+        if not (isinstance(reply, int) and 0 <= reply <= len(seats)):
+            raise UnknownScriptReply("free_lapsed", reply)
+
+    async def index(self, flight_id: int, rows: int, letters: str) -> int:
+        """Build the flight's free-seat index from its seat keys; returns the seats taken."""
+        reply = await self._eval(self._s.index_seats, keys.index(flight_id), [rows, letters])
+        if isinstance(reply, int) and 0 <= reply <= rows * len(letters):
+            return reply
+        raise UnknownScriptReply("index_seats", reply)
 
     async def restore(
         self,
@@ -390,6 +407,7 @@ def _hold_keys(flight_id: int, booking_id: str, key: KeyClaim | None) -> list[st
         keys.marker(flight_id),
         keys.record(flight_id, booking_id),
         keys.idempotency(flight_id, key.key if key else ""),
+        *keys.index(flight_id),
     ]
 
 

@@ -15,6 +15,8 @@ _DEADLINES = "d"
 _MARKER = "e"
 _RECORD = "b:"
 _IDEMPOTENCY = "k:"
+# The free-seat index (lua/_hold.lua): the bitmap, the runs and counts a row, the layout.
+_INDEX = ("m", "r", "c", "l")
 
 # A confirmed seat keeps this prefix before the booking id, and no TTL: expiry can never free it.
 BOOKED_PREFIX = b"!"
@@ -68,3 +70,8 @@ def record(flight_id: int, booking_id: str) -> str:
 def idempotency(flight_id: int, key: str) -> str:
     """A hold's Idempotency-Key entry (hash), in the flight's slot so the hold script owns it."""
     return f"{{f:{flight_id}}}:{_IDEMPOTENCY}{key}"
+
+
+def index(flight_id: int) -> list[str]:
+    """The flight's free-seat index: bitmap, longest free run a row, free seats a row, layout."""
+    return [f"{{f:{flight_id}}}:{part}" for part in _INDEX]

@@ -40,6 +40,8 @@ NAMES = (
     "release_seats",
     "due_holds",
     "restore_seats",
+    "index_seats",
+    "free_lapsed",
 )
 
 
@@ -63,6 +65,8 @@ class Scripts:
     release_seats: AsyncScript
     due_holds: AsyncScript
     restore_seats: AsyncScript
+    index_seats: AsyncScript
+    free_lapsed: AsyncScript
 
 
 async def load_scripts(redis: Redis, lua_dir: Path = LUA_DIR) -> Scripts:

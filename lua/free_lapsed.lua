@@ -1,0 +1,30 @@
+-- free_lapsed: once the expiry of holds is recorded in SQL, drop them from the deadline index,
+-- delete their records, and mark free in the free-seat index those of their seats whose keys
+-- are gone (their TTL freed them; a seat held again since keeps its bit).
+--
+-- KEYS[1]        {f:<flight>}:d                deadline index
+-- KEYS[2..5]     {f:<flight>}:m, :r, :c, :l    the flight's free-seat index (_hold.lua)
+-- KEYS[6..k+5]   {f:<flight>}:b:<id>           the holds' records
+-- ARGV[1], ...   the holds' booking ids (ARGV[1..k]), in the order of their records
+-- ARGV[k+1..]    the holds' seats
+--
+-- Seat keys are derived from KEYS[1]'s hash tag (the same slot), every one read before the
+-- first write to the index.
+--
+-- Returns (closed set):
+--   n >= 0   the number of seats marked free
+local rcall = redis.call
+local prefix = string.sub(KEYS[1], 1, -2)
+local k = #KEYS - 5
+local gone = {}
+for i = k + 1, #ARGV do
+  if rcall('EXISTS', prefix .. ARGV[i]) == 0 then gone[#gone + 1] = ARGV[i] end
+end
+if k > 0 then
+  local ids = {}
+  for i = 1, k do ids[i] = ARGV[i] end
+  rcall('ZREM', KEYS[1], unpack(ids))
+  for i = 6, #KEYS do rcall('DEL', KEYS[i]) end
+end
+index_mark(KEYS[2], KEYS[3], KEYS[4], KEYS[5], gone, 0)
+return #gone
