@@ -11,7 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from holdsvc import EmbeddedRedis, Settings
-from holdsvc.appkeys import STORE
+from holdsvc.appkeys import BOOKINGS, EXPIRER, STORE
 from holdsvc.seats import keys
 from tests.helpers import Client, eventually, hold, new_flight, seat_map
 
@@ -244,3 +244,26 @@ async def test_seats_freed_by_expiry_are_offered_to_best_available_again(
         return resp.status == 201
 
     await eventually(offered, timeout=5)
+
+
+async def test_expiries_due_together_commit_together(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    # Nothing listens and nothing sweeps until all 1,200 holds are due; then one sweep.
+    client = await make_client(
+        settings.replace(hold_ttl=0.5, sweep_interval=0, persister_enabled=False)
+    )
+    flight = await new_flight(client, rows=100, seat_letters="ABCDEFGHIJKL")
+    seats = [f"{r}{c}" for r in range(1, 101) for c in "ABCDEFGHIJKL"]
+    bookings = await asyncio.gather(
+        *(hold(client, flight["id"], seats[i : i + 1]) for i in range(1200))
+    )
+    await asyncio.sleep(0.6)
+    assert await client.app[EXPIRER].sweep("test") == 1200
+    store = client.app[STORE]
+    ids = [b["id"] for b in bookings]
+    states: dict[str, str] = await store.states_of(ids)
+    assert len(states) == 1200 and set(states.values()) == {"EXPIRED"}
+    # One operation wrote them all, in one commit: they share its timestamp.
+    written = {(await client.app[BOOKINGS].get(i)).updated_at for i in ids}
+    assert len(written) == 1, len(written)
