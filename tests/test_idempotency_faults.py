@@ -21,6 +21,8 @@ from redis.asyncio import Redis
 
 from holdsvc import EmbeddedRedis, Settings
 from holdsvc.appkeys import STORE
+from holdsvc.domain.idempotency import IdempotencyKeys
+from holdsvc.domain.records import Claim
 from tests.helpers import SMALL_FLIGHT, Client, ServiceProcess, eventually, new_flight
 from tests.invariants import check_invariants, unsettled
 
@@ -228,3 +230,29 @@ async def test_keyed_pays_and_holds_survive_the_service_killed(
 
     await eventually(settled, timeout=15, interval=0.2)
     await check_invariants(db, tmp_path / "mock-gateway.sqlite3", redis, fid)
+
+
+async def test_a_claim_is_in_progress_only_while_its_request_runs(
+    client: Client, settings: Settings
+) -> None:
+    # Two processes' key services on one store; the first claims two keys.
+    store = client.app[STORE]
+    first = IdempotencyKeys(store, "first", settings.takeover_after_ms, 86_400_000)
+    second = IdempotencyKeys(store, "second", settings.takeover_after_ms, 86_400_000)
+    _, running = await first.claim("k-running", b"fp")
+    _, failed = await first.claim("k-failed", b"fp")
+    # The failed request ended (a 5xx) and its release could not be written: it is only
+    # finished here, never released.
+    first.finish(failed)
+    started = time.monotonic()
+    assert (await second.claim("k-failed", b"fp"))[0].claim is Claim.RUNNING
+    while (await second.claim("k-failed", b"fp"))[0].claim is Claim.RUNNING:
+        await first.heartbeat()  # the first process is alive and healthy all along
+        await asyncio.sleep(0.1)
+    assert time.monotonic() - started < 2.0
+    # The request still running keeps its claim, for as long as it runs.
+    for _ in range(25):
+        await first.heartbeat()
+        assert (await second.claim("k-running", b"fp"))[0].claim is Claim.RUNNING
+        await asyncio.sleep(0.1)
+    first.finish(running)
