@@ -303,20 +303,23 @@ class SqlStore(SqliteKeys):
     ) -> list[str]:
         """Bookings whose payment a dead or stalled pay left open.
 
-        - PAYMENT_PENDING whose hold deadline is before ``deadline_before_ms``;
+        - PAYMENT_PENDING whose hold deadline is before ``deadline_before_ms``, or whose
+          payment is untouched since before ``touched_before_ms`` (the pay that started it
+          would have given up on the gateway by then: it died, or left it to recovery);
         - a payment still ``pending`` on a booking that is no longer PAYMENT_PENDING, or a
           refund claimed (``refunding``), untouched since before ``touched_before_ms``.
         """
         async with self._query(
-            f"SELECT id FROM bookings WHERE state = '{State.PAYMENT_PENDING}'"
-            " AND hold_expires_at < ?"
+            "SELECT b.id FROM bookings b JOIN payments p ON p.booking_id = b.id"
+            f" WHERE b.state = '{State.PAYMENT_PENDING}'"
+            " AND (b.hold_expires_at < ? OR p.updated_at < ?)"
             " UNION SELECT p.booking_id FROM payments p JOIN bookings b ON b.id = p.booking_id"
             f" WHERE p.status = '{PaymentStatus.PENDING}' AND b.state != '{State.PAYMENT_PENDING}'"
             " AND p.updated_at < ?"
             " UNION SELECT booking_id FROM payments"
             f" WHERE status = '{PaymentStatus.REFUNDING}' AND updated_at < ?"
             " LIMIT ?",
-            (deadline_before_ms, touched_before_ms, touched_before_ms, limit),
+            (deadline_before_ms, touched_before_ms, touched_before_ms, touched_before_ms, limit),
         ) as cur:
             return [r[0] for r in await cur.fetchall()]
 

@@ -18,12 +18,14 @@ from holdsvc.embedded_redis import EmbeddedRedis
 from tests.helpers import SMALL_FLIGHT, ServiceProcess
 from tests.invariants import check_invariants, unsettled
 
-# point -> (final state, status of the pay retried with the same key)
+# point -> the (final state, status of the pay retried with the same key) it may end in
 EXPECTED = {
-    "before_charge": ("EXPIRED", 402),
-    "after_charge": ("EXPIRED", 409),
-    "after_confirm": ("CONFIRMED", 200),
-    "after_commit": ("CONFIRMED", 200),
+    "before_charge": {("EXPIRED", 402)},
+    # Charged, then killed: recovery confirms it if the hold is still the booking's when it
+    # settles (a gateway timeout after the payment's last change), else refunds it.
+    "after_charge": {("EXPIRED", 409), ("CONFIRMED", 200)},
+    "after_confirm": {("CONFIRMED", 200)},
+    "after_commit": {("CONFIRMED", 200)},
 }
 
 
@@ -63,12 +65,10 @@ async def test_pay_killed_at_each_point_is_settled(
         assert doomed.proc is not None and doomed.proc.returncode == -9
 
         survivor = services(args, env=env)
-        final_state, retry_status = EXPECTED[point]
         booking = await _settled(http, survivor, bid, timeout=15)
-        assert booking["state"] == final_state, booking
-
+        final_state = booking["state"]
         status, body = await _retry_pay(http, survivor, bid, key)
-        assert status == retry_status, body
+        assert (final_state, status) in EXPECTED[point], (booking, status, body)
         if status == 200:
             assert body["message"] == "Payment successful"
             assert {k: v for k, v in body.items() if k != "message"} == booking

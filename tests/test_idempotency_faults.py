@@ -151,7 +151,7 @@ async def test_keyed_pays_and_holds_survive_the_service_killed(
     redis: Redis,
     services: Callable[..., ServiceProcess],
 ) -> None:
-    # A dead pay is settled once its hold's deadline has passed: short holds, short waits.
+    # A dead pay is settled a gateway timeout after its payment last changed: short waits.
     args = [
         "--redis-url", redis_server.url,
         "--data-dir", str(tmp_path),
