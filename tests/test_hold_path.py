@@ -267,3 +267,35 @@ async def test_expiries_due_together_commit_together(
     # One operation wrote them all, in one commit: they share its timestamp.
     written = {(await client.app[BOOKINGS].get(i)).updated_at for i in ids}
     assert len(written) == 1, len(written)
+
+
+async def test_best_available_races_fill_a_flight_exactly_and_cancels_give_seats_back(
+    client: Client,
+) -> None:
+    flight = await new_flight(client, rows=10, seat_letters="ABCDEF")
+
+    async def best(user: str, count: int) -> tuple[int, Any]:
+        resp = await client.post(
+            "/api/bookings/",
+            json={"flight_id": flight["id"], "user_id": user, "seat_count": count},
+        )
+        return resp.status, await resp.json()
+
+    # 80 clients want 1-3 seats each of 60: every seat ends held once, the rest refused.
+    answers = await asyncio.gather(*(best(f"u{i}", 1 + i % 3) for i in range(80)))
+    held = [a for s, a in answers if s == 201]
+    seats = [seat for a in held for seat in a["seats"]]
+    assert len(seats) == len(set(seats)), "a seat held twice"
+    assert set((await seat_map(client, flight["id"])).values()) <= {"held", "available"}
+    free = [s for s, v in (await seat_map(client, flight["id"])).items() if v == "available"]
+    assert len(seats) + len(free) == 60 and len(free) < 3
+    assert all(s == 409 for s, _ in answers if s != 201)
+    # Cancel every other hold: best-available finds exactly those seats again.
+    cancelled = held[::2]
+    for a in cancelled:
+        assert (await client.post(f"/api/bookings/{a['id']}/cancel/")).status == 200
+    given_back = sorted(seat for a in cancelled for seat in a["seats"]) + free
+    again = await asyncio.gather(*(best(f"v{i}", 1) for i in range(len(given_back))))
+    assert sorted(a["seats"][0] for s, a in again if s == 201) == sorted(given_back)
+    status, body = await best("late", 1)
+    assert status == 409 and body["available"] == 0
