@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.common import closed_loop
@@ -43,6 +44,21 @@ async def mark_flights(holds: HoldStore, flights: range) -> None:
     run_id = await holds.server_run_id()
     for f in flights:
         await holds.restore(f, [], run_id)
+
+
+def four_seat_holds(
+    holds: HoldStore, flights: range, prefix: str
+) -> Callable[[int], Awaitable[str]]:
+    """Call n holds the n-th 4 seats of these flights (each asked for once): "held"."""
+    per_flight = len(SEATS) // 4
+
+    async def hold(n: int) -> str:
+        flight, slot = divmod(n, per_flight)
+        seats = SEATS[slot * 4 : slot * 4 + 4]
+        result = await holds.hold(flights[flight], seats, f"{prefix}{n}", TTL_MS, META)
+        return "held" if isinstance(result, Held) else "refused"
+
+    return hold
 
 
 def store_holds(url: str, seconds: float, max_calls: int, concurrency: int) -> dict[str, Any]:
@@ -83,11 +99,7 @@ async def _store_holds(
         )  # fmt: skip
         return "held" if reply[0] == 1 else "refused"
 
-    async def hold(n: int) -> str:
-        flight, slot = divmod(n, per_flight)
-        seats = SEATS[slot * 4 : slot * 4 + 4]
-        result = await holds.hold(flights[flight], seats, f"b{prefix}{n}", TTL_MS, META)
-        return "held" if isinstance(result, Held) else "refused"
+    hold = four_seat_holds(holds, flights, f"b{prefix}")
 
     raw_load = await closed_loop(raw, concurrency, seconds, max_calls)
     ceiling_load = await closed_loop(script, concurrency, seconds, max_calls)
@@ -119,17 +131,11 @@ def fsync_always(
 
     async def rate(url: str) -> tuple[float, Any]:
         holds = await open_store(url)
-        per_flight = len(SEATS) // 4
-        flights = range(30_000, 30_000 + max_calls // per_flight + 2)
+        flights = range(30_000, 30_000 + max_calls // (len(SEATS) // 4) + 2)
         await mark_flights(holds, flights)
-
-        async def hold(n: int) -> str:
-            flight, slot = divmod(n, per_flight)
-            seats = SEATS[slot * 4 : slot * 4 + 4]
-            result = await holds.hold(flights[flight], seats, f"f{n}", TTL_MS, META)
-            return "held" if isinstance(result, Held) else "refused"
-
-        load = await closed_loop(hold, concurrency, seconds, max_calls)
+        load = await closed_loop(
+            four_seat_holds(holds, flights, "f"), concurrency, seconds, max_calls
+        )
         await holds.close()
         return load.rate("held"), load.summary().get("p99_ms")
 

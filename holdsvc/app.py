@@ -18,7 +18,7 @@ from holdsvc.domain.bookings import Bookings
 from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.flights import Flights
 from holdsvc.domain.health import Health
-from holdsvc.domain.idempotency import HEARTBEAT_EVERY_S, IdempotencyKeys
+from holdsvc.domain.idempotency import RENEW_EVERY_S, IdempotencyKeys
 from holdsvc.domain.payments import PaymentRecovery, Payments
 from holdsvc.domain.records import Transition
 from holdsvc.domain.restore import Restorer
@@ -270,25 +270,24 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
-    """This process's heartbeat (so its idempotency keys are known to be live) and the purge
-    of idempotency keys past their retention."""
+    """The renewal of this process's running Idempotency-Key claims (so they read "in
+    progress" exactly while they run), and the purge of keys past their retention."""
     settings = app[k.SETTINGS]
     keys = IdempotencyKeys(
-        # Names this process in SQL: its heartbeat, and the claims of its keyed requests.
+        # Names this process in the owner of each claim it makes.
         app[k.STORE],
         secrets.token_hex(8),
         settings.takeover_after_ms,
         settings.idempotency_ttl_ms,
     )
     app[k.IDEMPOTENCY] = keys
-    await keys.heartbeat()
 
     async def beat() -> None:
         last_purge = 0.0
         while True:
-            await asyncio.sleep(HEARTBEAT_EVERY_S)
+            await asyncio.sleep(RENEW_EVERY_S)
             try:
-                await keys.heartbeat()
+                await keys.renew()
                 if time.monotonic() - last_purge > IDEMPOTENCY_PURGE_EVERY_S:
                     await keys.purge()
                     last_purge = time.monotonic()
@@ -297,4 +296,3 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
 
     async with background(beat(), "housekeeping"):
         yield
-    await keys.retire()

@@ -84,9 +84,3 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency_keys (started_at);
 
--- One row per running service process; a key claimed by a process whose heartbeat stopped
--- (it crashed) is taken over by the retry instead of answering "in progress" forever.
-CREATE TABLE IF NOT EXISTS instances (
-    id            TEXT PRIMARY KEY,
-    heartbeat_at  INTEGER NOT NULL
-) WITHOUT ROWID;

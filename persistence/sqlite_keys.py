@@ -1,7 +1,7 @@
-"""Idempotency keys and process heartbeats in SQLite: who ran a keyed request, and its answer.
+"""Idempotency keys in SQLite: who ran a keyed request, and its answer.
 
-A claim is "in progress" only while its process renews it (``alive_at``, with the process's
-heartbeat, for the requests it is still running): a claim whose request ended without an
+A claim is "in progress" only while its process renews it (``alive_at``, every 0.5 s for the
+requests it is still running): a claim whose request ended without an
 answer stored (a 5xx, a failed write) or whose process died lapses within a lease, and the
 retry runs instead of waiting.
 """
@@ -51,12 +51,7 @@ def claim_key_op(
     return ClaimResult(Claim.NEW)
 
 
-def heartbeat_op(conn: sqlite3.Connection, instance: str, running: list[str], at: int) -> None:
-    conn.execute(
-        "INSERT INTO instances (id, heartbeat_at) VALUES (?, ?)"
-        " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-        (instance, at),
-    )
+def renew_claims_op(conn: sqlite3.Connection, running: list[str], at: int) -> None:
     for start in range(0, len(running), 500):
         chunk = running[start : start + 500]
         conn.execute(
@@ -67,18 +62,17 @@ def heartbeat_op(conn: sqlite3.Connection, instance: str, running: list[str], at
 
 
 class SqliteKeys:
-    """The idempotency-key and heartbeat half of :class:`~persistence.sqlite_store.SqlStore`."""
+    """The idempotency-key half of :class:`~persistence.sqlite_store.SqlStore`."""
 
     _writer: GroupCommitWriter
 
     async def claim_key(
         self, key: str, fingerprint: bytes, *, owner: str, stale_ms: int, ttl_ms: int
     ) -> ClaimResult:
-        # owner is "<instance id>:<claim token>"; the instance's heartbeat says it is alive.
         """Take an idempotency key for a new request, or say what the first request left.
 
-        A key still running under a process whose heartbeat stopped ``stale_ms`` ago (it
-        crashed) is taken over, so the retry runs instead of waiting forever.
+        A claim its owner has not renewed for ``stale_ms`` (the request ended without an
+        answer kept, or its process died) is taken over, so the retry runs instead of waiting.
         """
         at = now_ms()
 
@@ -86,14 +80,9 @@ class SqliteKeys:
             Call(claim_key_op, (key, fingerprint, owner, at, stale_ms, ttl_ms))
         )
 
-    async def heartbeat(self, instance: str, running: Collection[str] = ()) -> None:
-        """This process is alive, and so are the claims ``running`` (their owner tokens)."""
-        await self._writer.submit(Call(heartbeat_op, (instance, list(running), now_ms())))
-
-    async def retire(self, instance: str) -> None:
-        await self._writer.submit(
-            Call(execute, ("DELETE FROM instances WHERE id = ?", (instance,)))
-        )
+    async def renew_claims(self, owners: Collection[str]) -> None:
+        """The requests holding these claims (their owner tokens) are still running."""
+        await self._writer.submit(Call(renew_claims_op, (list(owners), now_ms())))
 
     async def complete_key(self, key: str, owner: str, status: int, body: bytes) -> bool:
         """Store the answer, if ``owner`` still holds the key; False if it was taken over."""

@@ -148,10 +148,15 @@ class InsertBooking(BatchOp):
         ]
 
     def __call__(self, conn: sqlite3.Connection) -> tuple[Moved, list[tuple[str, Moved]]]:
-        b, supersede = self.booking, self.supersede
+        b = self.booking
         row = conn.execute("SELECT state FROM bookings WHERE id = ?", (b.id,)).fetchone()
         if row is not None:
             return Moved(False, row[0]), []
+        return self.write(conn)
+
+    def write(self, conn: sqlite3.Connection) -> tuple[Moved, list[tuple[str, Moved]]]:
+        """The rows, for a booking the caller knows SQL does not have yet."""
+        b, supersede = self.booking, self.supersede
         superseded: list[tuple[str, Moved]] = []
         if self.move.seats_live:
             owners = conn.execute(
@@ -199,7 +204,8 @@ def end_holds(
     for bid in booking_ids:
         moved = _move(conn, bid, move, at)
         if not moved.moved and moved.state is None and bid in records:
-            moved, _ = InsertBooking(records[bid], move, move, at, None)(conn)
+            # _move found no row: the record's booking is written, already in its outcome.
+            moved, _ = InsertBooking(records[bid], move, move, at, None).write(conn)
         out.append((bid, moved))
     return out
 

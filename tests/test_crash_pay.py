@@ -102,7 +102,8 @@ async def _settled(
 async def _retry_pay(
     http: aiohttp.ClientSession, node: ServiceProcess, bid: str, key: dict[str, str]
 ) -> tuple[int, dict[str, Any]]:
-    # Until the dead process's heartbeat is stale, its claim on the key reads "in progress";
+    # Until the dead process's claim on the key lapses (it renews it no more), it reads
+    # "in progress";
     # while recovery has not settled the booking, the retry is told 503 "still being settled".
     deadline = time.monotonic() + 15
     while True:

@@ -11,7 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from holdsvc import EmbeddedRedis, Settings
-from holdsvc.appkeys import BOOKINGS, EXPIRER, STORE
+from holdsvc.appkeys import BOOKINGS, EXPIRER, HOLDS, STORE
 from holdsvc.seats import keys
 from tests.helpers import Client, eventually, hold, new_flight, seat_map
 
@@ -169,7 +169,6 @@ async def test_keyed_hold_replays_across_a_restart(
     second_app = await make_client(settings)
     status, again, replayed = await _keyed_hold(second_app, "k-restart", body)
     assert (status, again, replayed) == (201, first, "true")
-    await asyncio.sleep(0)
 
 
 async def _evalsha_usec(redis: Redis) -> float:
@@ -258,7 +257,12 @@ async def test_expiries_due_together_commit_together(
     bookings = await asyncio.gather(
         *(hold(client, flight["id"], seats[i : i + 1]) for i in range(1200))
     )
-    await asyncio.sleep(0.6)
+    holds = client.app[HOLDS]
+
+    async def all_due() -> bool:
+        return len(await holds.due(flight["id"], 2000)) == 1200
+
+    await eventually(all_due, timeout=5)
     assert await client.app[EXPIRER].sweep("test") == 1200
     store = client.app[STORE]
     ids = [b["id"] for b in bookings]

@@ -247,12 +247,12 @@ async def test_a_claim_is_in_progress_only_while_its_request_runs(
     started = time.monotonic()
     assert (await second.claim("k-failed", b"fp"))[0].claim is Claim.RUNNING
     while (await second.claim("k-failed", b"fp"))[0].claim is Claim.RUNNING:
-        await first.heartbeat()  # the first process is alive and healthy all along
+        await first.renew()  # the first process is alive and healthy all along
         await asyncio.sleep(0.1)
     assert time.monotonic() - started < 2.0
     # The request still running keeps its claim, for as long as it runs.
     for _ in range(25):
-        await first.heartbeat()
+        await first.renew()
         assert (await second.claim("k-running", b"fp"))[0].claim is Claim.RUNNING
         await asyncio.sleep(0.1)
     first.finish(running)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from holdsvc.seats.scripts import (
     UnknownScriptReply,
     load_scripts,
 )
-from tests.helpers import Client, hold, new_flight, seat_map
+from tests.helpers import Client, eventually, hold, new_flight, seat_map
 
 
 async def test_every_script_has_a_contract_header() -> None:
@@ -72,7 +71,11 @@ async def test_every_documented_reply_maps_to_its_result(
         assert await store.due(fid, 10) == []  # {} (nothing past its deadline)
         short = await store.hold(fid, ["3A"], "b5", 1, m)
         assert isinstance(short, Held)
-        await asyncio.sleep(0.05)
+
+        async def lapsed() -> bool:
+            return bool(await store.due(fid, 10))
+
+        await eventually(lapsed, timeout=5, interval=0.01)
         assert await store.due(fid, 10) == ["b5"]  # {booking id, ...}
         assert await store.release(fid, ["2A"], "b3") == 1  # n >= 0
         assert await store.release(fid, ["2A"], "b3") == 0

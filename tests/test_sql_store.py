@@ -129,7 +129,7 @@ async def test_a_failing_commit_observer_does_not_stop_the_writer(store: SqlStor
     store.on_commit(broken)
     flight = await store.create_flight(FLIGHT)
     # Every write after the broken observer still commits and answers.
-    await asyncio.wait_for(store.heartbeat("i1"), 5)
+    await asyncio.wait_for(store.renew_claims(["i1:t"]), 5)
     await asyncio.wait_for(insert_held(store, booking("a", flight.id, ["1A"]), SUPERSEDE), 5)
     assert (await store.get_booking("a")) is not None
 

@@ -271,8 +271,8 @@ class Bookings:
             )
         if not moved.moved:
             raise InvalidTransition(str(moved.state), State.CANCELLED.value)
-        if key is not None and moved.record is not None:
-            key.stored, key.record = True, moved.record
+        if key is not None:
+            key.note(moved)
         await self._holds.release(booking.flight_id, booking.seats, booking_id)
         return moved.record or await self.get(booking_id)
 

@@ -1,6 +1,6 @@
 """Idempotency keys: a keyed request is claimed before it runs and its answer kept after.
 
-A claim is "in progress" only while this process renews it: every heartbeat renews the claims
+A claim is "in progress" only while this process renews it: every 0.5 s it renews the claims
 of the requests still running here, so a claim whose request ended without an answer kept (a
 5xx, a store that failed) or whose process died lapses within ``lease_ms``, and its retry runs
 instead of waiting for it. A request whose effect is in SQL stores its answer in the effect's
@@ -13,12 +13,12 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from holdsvc.domain.records import BookingRecord, ClaimResult, KeyAnswer, now_ms
+from holdsvc.domain.records import BookingRecord, ClaimResult, KeyAnswer, Moved, now_ms
 from holdsvc.domain.store import BookingStore
 
-# A process writes its heartbeat, and renews its running claims, this often; a claim not
-# renewed for Settings.takeover_after is taken over.
-HEARTBEAT_EVERY_S = 0.5
+# A process renews the claims of its running requests this often; a claim not renewed for
+# Settings.takeover_after is taken over.
+RENEW_EVERY_S = 0.5
 
 
 @dataclass(slots=True)
@@ -34,6 +34,11 @@ class KeyRef:
 
     def answer(self, outcome: str) -> KeyAnswer:
         return KeyAnswer(self.key, outcome)
+
+    def note(self, moved: Moved) -> None:
+        """Note that the answer committed with ``moved``, if the move carried it."""
+        if moved.moved and moved.record is not None:
+            self.stored, self.record = True, moved.record
 
 
 class IdempotencyKeys:
@@ -70,11 +75,10 @@ class IdempotencyKeys:
     async def release(self, key: str, owner: str) -> None:
         await self._store.release_key(key, owner)
 
-    async def heartbeat(self) -> None:
-        await self._store.heartbeat(self.instance_id, sorted(self._running))
+    async def renew(self) -> None:
+        """Keep the claims of the requests running here alive (no write when there are none)."""
+        if self._running:
+            await self._store.renew_claims(sorted(self._running))
 
     async def purge(self) -> int:
         return await self._store.purge_keys(now_ms() - self._ttl_ms)
-
-    async def retire(self) -> None:
-        await self._store.retire(self.instance_id)

@@ -30,7 +30,7 @@ from holdsvc.domain.errors import (
 )
 from holdsvc.domain.faults import crash_point
 from holdsvc.domain.idempotency import KeyRef
-from holdsvc.domain.records import BookingRecord, Moved, PaymentChanged, SeatOwnedInSql, now_ms
+from holdsvc.domain.records import BookingRecord, PaymentChanged, SeatOwnedInSql, now_ms
 from holdsvc.domain.states import (
     PaymentStatus,
     State,
@@ -59,12 +59,6 @@ LOST_CAPTURE_FROM = frozenset({PaymentStatus.PENDING, PaymentStatus.FAILED})
 CONFIRMED = "pay.confirmed"
 DECLINED = "pay.declined"
 REFUNDED = "refund"
-
-
-def _stored(key: KeyRef | None, moved: Moved) -> None:
-    """Note on ``key`` that its answer committed with ``moved``'s effect."""
-    if key is not None and moved.moved and moved.record is not None:
-        key.stored, key.record = True, moved.record
 
 
 class PayOutcome(Enum):
@@ -196,7 +190,8 @@ class Payments:
                 payment=payment_move(PaymentStatus.FAILED, payment_id=charge.payment_id),
                 answer=key.answer(DECLINED) if key else None,
             )
-            _stored(key, declined)
+            if key is not None:
+                key.note(declined)
             await self._holds.release(booking.flight_id, booking.seats, booking_id)
             return PayOutcome.DECLINED
 
@@ -211,7 +206,8 @@ class Payments:
             payment=payment_move(PaymentStatus.CAPTURED, payment_id=charge.payment_id),
             answer=key.answer(CONFIRMED) if key else None,
         )
-        _stored(key, moved)
+        if key is not None:
+            key.note(moved)
         if not moved.moved:
             if moved.state == State.CONFIRMED.value:
                 # Another settler of the same charge (a recovery, a retry) got there first.
@@ -289,7 +285,8 @@ class Payments:
         # REFUNDED already: recovery finished this same refund while the gateway was slow.
         if not moved.moved and moved.state != State.REFUNDED.value:
             raise InvalidTransition(str(moved.state), State.REFUNDED.value)
-        _stored(key, moved)
+        if key is not None:
+            key.note(moved)
         return moved.record or await self._bookings.get(booking_id)
 
 
