@@ -32,11 +32,7 @@ from holdsvc.embedded_redis import (
     running_url,
 )
 from holdsvc.gateway import MockGateway
-from holdsvc.http.middleware import (
-    access_middleware,
-    errors_middleware,
-    idempotency_middleware,
-)
+from holdsvc.http.middleware import edge_middleware
 from holdsvc.http.openapi import add_docs
 from holdsvc.http.routes import add_routes
 from holdsvc.metrics import CONTENT_TYPE, Metrics
@@ -66,7 +62,7 @@ IDEMPOTENCY_PURGE_EVERY_S = 3600.0
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[access_middleware, errors_middleware, idempotency_middleware],
+        middlewares=[edge_middleware],
     )
     app[k.SETTINGS] = settings
     app[k.METRICS] = Metrics()

@@ -69,14 +69,18 @@ local function seat_bit(name, letters, width, rows)
   return row, (row - 1) * width + col - 1
 end
 
--- The free columns (0-based, left to right) of a row, as the bitmap has them.
-local function free_cols(m, row, width)
-  local v = redis.call('BITFIELD', m, 'GET', 'u' .. width, (row - 1) * width)[1]
+-- The free columns (0-based, left to right) of a row whose bits (1 = taken) are v.
+local function cols_of(v, width)
   local cols = {}
   for col = 0, width - 1 do
-    if math.floor(v / 2 ^ (width - 1 - col)) % 2 == 0 then cols[#cols + 1] = col end
+    if bit.band(bit.rshift(v, width - 1 - col), 1) == 0 then cols[#cols + 1] = col end
   end
   return cols
+end
+
+-- The free columns of a row, as the bitmap has them.
+local function free_cols(m, row, width)
+  return cols_of(redis.call('BITFIELD', m, 'GET', 'u' .. width, (row - 1) * width)[1], width)
 end
 
 local function reindex_row(m, r, c, row, width)

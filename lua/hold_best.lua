@@ -88,11 +88,14 @@ local function scan()
   return chosen, nil
 end
 
--- The index's choice, in the same order of preference; nil, free when too few seats.
+-- The index's choice, in the same order of preference; nil, free when too few seats. Also
+-- what it read, for marking the choice: each chosen row's free columns, and the rows'
+-- longest-run and free-count bytes.
 local function pick()
-  local names = {}
+  local names, seen = {}, {}
   local fit = '[' .. string.char(math.min(want, 255)) .. '-\255]'
-  local row = string.find(rcall('GET', R) or '', fit)
+  local runs = rcall('GET', R) or ''
+  local row = string.find(runs, fit)
   if row then
     local cols = free_cols(M, row, width)
     local run = 0
@@ -102,7 +105,8 @@ local function pick()
         for k = i - want + 1, i do
           names[#names + 1] = row .. string.sub(letters, cols[k] + 1, cols[k] + 1)
         end
-        return names, nil
+        seen[row] = cols
+        return names, nil, seen, runs, nil
       end
     end
   end
@@ -113,42 +117,98 @@ local function pick()
     for k = 1, want do
       names[#names + 1] = row .. string.sub(letters, cols[k] + 1, cols[k] + 1)
     end
-    return names, nil
+    seen[row] = cols
+    return names, nil, seen, runs, counts
   end
-  local at = 1
-  while #names < want do
+  -- The first rows with free seats until they have enough, then one BITFIELD for them all.
+  local found, total, at = {}, 0, 1
+  while total < want do
     row = string.find(counts, '[\1-\255]', at)
     if not row then break end
-    for _, col in ipairs(free_cols(M, row, width)) do
-      if #names < want then names[#names + 1] = row .. string.sub(letters, col + 1, col + 1) end
-    end
+    found[#found + 1] = row
+    total = total + string.byte(counts, row)
     at = row + 1
   end
-  if #names < want then
-    local free = 0
-    for i = 1, #counts do free = free + string.byte(counts, i) end
-    return nil, free
+  if total < want then return nil, total end
+  local ops = {}
+  for _, r in ipairs(found) do
+    ops[#ops + 1] = 'GET'; ops[#ops + 1] = 'u' .. width; ops[#ops + 1] = (r - 1) * width
   end
-  return names, nil
+  local values = rcall('BITFIELD', M, unpack(ops))
+  for i, r in ipairs(found) do
+    local cols = cols_of(values[i], width)
+    seen[r] = cols
+    for _, col in ipairs(cols) do
+      if #names < want then names[#names + 1] = r .. string.sub(letters, col + 1, col + 1) end
+    end
+  end
+  if #names < want then return nil, #names end
+  return names, nil, seen, runs, counts
 end
 
-local chosen, free = nil, nil
-local indexed = layout(KEYS[8]) ~= nil
+-- Mark the chosen seats taken in the index from what pick() read: one BITFIELD for every
+-- seat, and each touched row's new bytes from its free columns as read, so a choice spread
+-- over rows costs no more Redis calls than one in a single row.
+local function mark_chosen(chosen, seen, runs, counts)
+  local ops, taken = {}, {}
+  for _, name in ipairs(chosen) do
+    local row, offset = seat_bit(name, letters, width, rows)
+    ops[#ops + 1] = 'SET'; ops[#ops + 1] = 'u1'; ops[#ops + 1] = offset; ops[#ops + 1] = 1
+    taken[offset] = true
+  end
+  rcall('BITFIELD', M, unpack(ops))
+  local touched = 0
+  for _ in pairs(seen) do touched = touched + 1 end
+  local new_runs, new_counts = runs, counts
+  for row, cols in pairs(seen) do
+    local best, run, free, last = 0, 0, 0, -2
+    for _, col in ipairs(cols) do
+      if not taken[(row - 1) * width + col] then
+        if col == last + 1 then run = run + 1 else run = 1 end
+        if run > best then best = run end
+        free = free + 1
+        last = col
+      end
+    end
+    if touched == 1 or not counts then
+      rcall('SETRANGE', R, row - 1, string.char(best))
+      rcall('SETRANGE', C, row - 1, string.char(free))
+    else
+      new_runs = string.sub(new_runs, 1, row - 1) .. string.char(best) .. string.sub(new_runs, row + 1)
+      new_counts = string.sub(new_counts, 1, row - 1) .. string.char(free)
+        .. string.sub(new_counts, row + 1)
+    end
+  end
+  if touched > 1 and counts then
+    rcall('SET', R, new_runs)
+    rcall('SET', C, new_counts)
+  end
+end
+
+local chosen, free, seen, runs, counts = nil, nil, nil, nil, nil
+local rows_l, letters_l = layout(KEYS[8])
+-- An index for another layout than the request's is not this flight's: scan instead.
+local indexed = rows_l == rows and letters_l == letters
 if indexed then
   ensure_index(M, R, C, rows, width)
   for _ = 1, 32 do
-    chosen, free = pick()
+    chosen, free, seen, runs, counts = pick()
     if not chosen then break end
+    local keys = {}
+    for i, name in ipairs(chosen) do keys[i] = prefix .. name end
+    if rcall('EXISTS', unpack(keys)) == 0 then break end
     local stale = {}
     for _, name in ipairs(chosen) do
       if rcall('EXISTS', prefix .. name) == 1 then stale[#stale + 1] = name end
     end
-    if #stale == 0 then break end
     index_mark(M, R, C, KEYS[8], stale, 1)
     chosen = nil
   end
   -- An index this far off (it should never be) is not trusted: check every seat.
-  if not chosen and not free then chosen, free = scan() end
+  if not chosen and not free then
+    chosen, free = scan()
+    indexed = false
+  end
 else
   chosen, free = scan()
 end
@@ -165,7 +225,7 @@ for _, name in ipairs(chosen) do
   result[#result + 1] = name
 end
 rcall('ZADD', KEYS[1], deadline, ARGV[1])
-index_mark(M, R, C, KEYS[8], chosen, 1)
+if indexed then mark_chosen(chosen, seen, runs, counts) else index_mark(M, R, C, KEYS[8], chosen, 1) end
 local seats = table.concat(chosen, ',')
 write_record(KEYS[3], seats, deadline, now)
 if keyed then remember_hold(KEYS[4], ARGV[6], ARGV[7], ARGV[1], seats, deadline, now) end

@@ -190,22 +190,27 @@ async def test_best_available_costs_no_more_than_twice_an_explicit_hold_when_nea
         for part in (seats[:6], seats[6:]):
             await hold(client, full["id"], part)
 
-    async def run(flight_id: int, body: dict[str, Any]) -> float:
+    async def usec(holds: list[dict[str, Any]]) -> float:
         await redis.config_resetstat()
-        for _ in range(20):
-            resp = await client.post("/api/bookings/", json={"flight_id": flight_id, **body})
+        for body in holds:
+            resp = await client.post("/api/bookings/", json=body)
             assert resp.status == 201, await resp.text()
         return await _evalsha_usec(redis)
 
-    explicit = []
-    for n in range(20):
-        row = 1 + n
-        explicit.append([f"{row}{c}" for c in "ABCD"])
-    await redis.config_resetstat()
-    for seats in explicit:
-        await hold(client, empty["id"], seats)
-    explicit_usec = await _evalsha_usec(redis)
-    best_usec = await run(full["id"], {"user_id": "u", "seat_count": 4})
+    # Rounds of each kind, interleaved, and the cheapest round of each compared: a round that
+    # another process's work on these 2 cores slowed down says nothing about the scripts.
+    # 5 rounds of 7 best-available holds take 140 of the full flight's 150 free seats.
+    explicit_rounds, best_rounds = [], []
+    for r in range(5):
+        explicit = [
+            {"flight_id": empty["id"], "user_id": "u", "seats": [f"{row}{c}" for c in "ABCD"]}
+            for row in range(1 + 7 * r, 8 + 7 * r)
+        ]
+        explicit_rounds.append(await usec(explicit))
+        best_rounds.append(
+            await usec([{"flight_id": full["id"], "user_id": "u", "seat_count": 4}] * 7)
+        )
+    explicit_usec, best_usec = min(explicit_rounds), min(best_rounds)
     assert best_usec <= 2 * explicit_usec, (best_usec, explicit_usec)
     # Adjacent when a row has room: the empty flight's first row with four free side by side.
     resp = await client.post(

@@ -63,6 +63,10 @@ class Flights:
         self._cache[flight.id] = flight
         return flight
 
+    def cached(self, flight_id: int) -> Flight | None:
+        """The flight if this process has it, without a coroutine: the hold path's lookup."""
+        return self._cache.get(flight_id)
+
     async def get(self, flight_id: int) -> Flight:
         flight = self._cache.get(flight_id)
         if flight is None:

@@ -70,9 +70,9 @@ def decode(body: bytes, content_type: str, kind: type[S], *, optional: bool = Fa
         if optional:
             return kind()
         raise ValidationError("Request body is required (JSON object)")
-    if content_type != "application/json" and not _JSON.match(content_type):
+    if content_type != "application/json" and not _JSON.match(_media_type(content_type)):
         raise UnsupportedMediaType(
-            f"Content-Type must be application/json, got {content_type or 'none'}"
+            f"Content-Type must be application/json, got {_media_type(content_type) or 'none'}"
         )
     try:
         return msgspec.json.decode(body, type=kind)
@@ -80,6 +80,12 @@ def decode(body: bytes, content_type: str, kind: type[S], *, optional: bool = Fa
         raise ValidationError(f"Invalid request: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ValidationError(f"Malformed JSON: {exc}") from exc
+
+
+def _media_type(header: str) -> str:
+    """The media type of a Content-Type header: "Application/JSON; charset=utf-8" ->
+    "application/json"."""
+    return header.partition(";")[0].strip().lower()
 
 
 def flight_from(body: FlightIn) -> NewFlight:

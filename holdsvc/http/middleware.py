@@ -1,4 +1,4 @@
-"""The two middlewares: errors to JSON (outermost), and Idempotency-Key replay."""
+"""The middleware: request ids, errors to JSON, Idempotency-Key replay, the access log."""
 
 from __future__ import annotations
 
@@ -41,20 +41,31 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 @web.middleware
-async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: the request id (taken from X-Request-ID or made), one log line and one
-    latency observation per request, with the final status."""
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware, so a request pays for one layer, not three. In order: the request
+    id (taken from X-Request-ID or made), errors to JSON, Idempotency-Key replay; then one log
+    line and one latency observation per request, with the final status."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = given if given and _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ids):x}"
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        try:
+            if IDEMPOTENCY_HEADER in request.headers and request.method == "POST":
+                response = await _idempotent(request, handler)
+            else:
+                response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _answer(request, exc)
+        except Exception as exc:
+            response = _answer(request, exc)
         status = response.status
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
-    except web.HTTPException as exc:  # redirects and the like, raised past errors_middleware
+    except web.HTTPException as exc:  # redirects and the like
         status = exc.status
         exc.headers[REQUEST_ID_HEADER] = request_id
         raise
@@ -80,18 +91,6 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
             )
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _answer(request, exc)
-    except Exception as exc:
-        return _answer(request, exc)
-
-
 def _fingerprint(path: str, body: bytes) -> bytes:
     """What makes two requests the same: the path and the parsed body, so bodies of equal
     JSON match whatever their whitespace or key order (raw bytes when it is not JSON: such a
@@ -109,8 +108,7 @@ def _answer(request: web.Request, exc: Exception) -> web.Response:
     return error_response(exc)
 
 
-@web.middleware
-async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _idempotent(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The same key and request get the first answer again, errors included (as Stripe does).
 
     A hold's key is claimed by the hold script in Redis. Every other key is claimed in SQL
@@ -120,9 +118,7 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     and one that cannot be stored is not sent (503: the retry finds out what happened). A 5xx
     is not kept, and a claim left without an answer lapses within a lease, so the retry runs.
     """
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None or request.method != "POST":
-        return await handler(request)
+    key = request.headers[IDEMPOTENCY_HEADER]
     if not _KEY.match(key):
         raise ValidationError(f"{IDEMPOTENCY_HEADER} must be 1 to 255 visible ASCII characters")
     fingerprint = _fingerprint(request.path, await request.read())

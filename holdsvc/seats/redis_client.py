@@ -16,7 +16,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
@@ -54,7 +54,10 @@ class _Connection(asyncio.Protocol):
         # on one connection can never be written to another.
         self.buffer: list[bytes] = []
         self.flush_scheduled = False
-        self.closed = asyncio.get_running_loop().create_future()
+        # Kept: each asyncio.get_running_loop() is a getpid() system call on Python 3.11,
+        # and the hold path made two per command.
+        self.loop = asyncio.get_running_loop()
+        self.closed = self.loop.create_future()
 
     @property
     def usable(self) -> bool:
@@ -62,13 +65,13 @@ class _Connection(asyncio.Protocol):
 
     def send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         packed = hiredis.pack_command(args)  # raises before anything is queued
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self.loop.create_future()
         self.buffer.append(packed)
         self.waiting.append(future)
         self.sent_at.append(time.monotonic())
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
@@ -125,10 +128,16 @@ class PipelinedRedis:
         self._closed = False
         self.connects = 0
 
-    async def execute(self, *args: Any) -> Any:
+    def execute(self, *args: Any) -> Awaitable[Any]:
+        """The reply to one command. Not a coroutine: on a live connection this is the reply's
+        future itself, one awaitable fewer on the hold path."""
         conn = self._conn
         if conn is None or not conn.usable:
-            conn = await self._connect()
+            return self._connect_and_send(args)
+        return conn.send(args)
+
+    async def _connect_and_send(self, args: tuple[Any, ...]) -> Any:
+        conn = await self._connect()
         return await conn.send(args)
 
     async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
