@@ -82,7 +82,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="reduced suite, under a minute here")
     parser.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--redis-server", default="auto", help="auto, bundled, or a path")
+    parser.add_argument(
+        "--redis-server", default="auto", help="auto, bundled, path, or a file (as holdsvc's)"
+    )
     parser.add_argument(
         "--only", nargs="*", choices=SCENARIOS, metavar="SCENARIO",
         help=f"run only these scenarios ({', '.join(SCENARIOS)})",

@@ -93,7 +93,7 @@ async def _store_holds(
         seats = SEATS[slot * 4 : slot * 4 + 4]
         reply = await bare.execute(
             "EVALSHA", sha, 8 + len(seats),
-            seat_keys.deadlines(f), seat_keys.marker(f), seat_keys.record(f, bid),
+            seat_keys.deadlines(f), seat_keys.marker(f), seat_keys.records(f),
             seat_keys.idempotency(f, ""), *seat_keys.index(f), *seat_keys.seats(f, seats),
             bid, TTL_MS, META.user_id, META.amount, META.currency, "", 0,
         )  # fmt: skip

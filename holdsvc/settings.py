@@ -26,8 +26,9 @@ class Settings:
     port: int = 8080
     # None: start an embedded Redis-compatible server in data_dir and stop it on exit.
     redis_url: str | None = None
-    # Which server binary the embedded mode runs: "auto" (redis-server or valkey-server on PATH,
-    # else the pip-shipped one), "bundled" (always the pip-shipped one), or a path.
+    # Which server binary the embedded mode runs: "auto" (the pip-shipped Valkey, else a
+    # redis-server or valkey-server on PATH), "bundled" (only the pip-shipped one), "path"
+    # (only one on PATH), or a path.
     redis_server: str = "auto"
     # The embedded server's AOF fsync: "everysec" (a crash loses at most the last second of
     # holds, which never took money) or "always" (none, at a cost bench/RESULTS.md measures).
@@ -281,7 +282,8 @@ def _common(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--redis-url", help="use this Redis instead of starting one")
     cmd.add_argument(
         "--redis-server",
-        help="embedded server binary: auto (default), bundled (pip-shipped valkey), or a path",
+        help="embedded server binary: auto (default: the pip-shipped valkey, else one on"
+        " PATH), bundled, path (a redis-server/valkey-server on PATH), or a file",
     )
     cmd.add_argument(
         "--redis-fsync",

@@ -2,9 +2,10 @@
 -- hold scripts share: the booking's record and the Idempotency-Key's entry. Both hold scripts
 -- take ARGV[3] user id, ARGV[4] amount, ARGV[5] currency.
 --
--- A booking's record {f:<flight>}:b:<id> (hash): u user, s seats ("1A,1B"), a amount,
--- c currency, t created (ms), d first deadline (ms). It has no TTL: it is deleted only once
--- the booking is in SQL (confirm_seats, release_seats and the expiry path run after the
+-- A booking's record is the field <booking id> of the flight's hash {f:<flight>}:b: its
+-- created (ms), first deadline (ms), seats ("1A,1B"), amount, currency and user, joined by
+-- \31 (the user last, so any user id reads back whole). It has no TTL: it is deleted only
+-- once the booking is in SQL (confirm_seats, release_seats and the expiry path run after the
 -- booking's row is committed), so a lapsed hold's record is there for the expiry to write.
 --
 -- A key's entry {f:<flight>}:k:<key> (hash), kept for the key's retention: f fingerprint,
@@ -12,9 +13,9 @@
 -- "h" the first answer's fields b, s, d, t, u, a, c; for "t" s = the taken seats; for "n"
 -- s = how many seats were free.
 
-local function write_record(key, seats, deadline, created)
-  redis.call('HSET', key, 'u', ARGV[3], 's', seats, 'a', ARGV[4], 'c', ARGV[5],
-    't', created, 'd', deadline)
+local function write_record(key, bid, seats, deadline, created)
+  redis.call('HSET', key, bid,
+    table.concat({created, deadline, seats, ARGV[4], ARGV[5], ARGV[3]}, '\31'))
 end
 
 -- nil when the key is new; {5} when it was used with another request; else {4, r, b, s, d,

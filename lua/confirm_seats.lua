@@ -1,8 +1,9 @@
 -- confirm_seats: turn a booking's held seats into booked seats, if the hold is still its own.
 --
 -- KEYS[1]        {f:<flight>}:d        deadline index (sorted set: booking id -> deadline, ms)
--- KEYS[2]        {f:<flight>}:b:<id>   the booking's record, deleted with the hold (the booking
---                                      is in SQL, PAYMENT_PENDING, before any confirm)
+-- KEYS[2]        {f:<flight>}:b        the flight's records: the booking's is deleted with the
+--                                      hold (the booking is in SQL, PAYMENT_PENDING, before
+--                                      any confirm)
 -- KEYS[3..n+2]   {f:<flight>}:<seat>   every seat of the booking
 -- ARGV[1]        booking id
 --
@@ -27,7 +28,7 @@ for i = 3, #KEYS do
   end
 end
 if held == 0 then
-  rcall('DEL', KEYS[2])
+  rcall('HDEL', KEYS[2], bid)
   return 2
 end
 
@@ -35,5 +36,5 @@ for i = 3, #KEYS do
   rcall('SET', KEYS[i], booked)
 end
 rcall('ZREM', KEYS[1], bid)
-rcall('DEL', KEYS[2])
+rcall('HDEL', KEYS[2], bid)
 return 1

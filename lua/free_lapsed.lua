@@ -4,9 +4,10 @@
 --
 -- KEYS[1]        {f:<flight>}:d                deadline index
 -- KEYS[2..5]     {f:<flight>}:m, :r, :c, :l    the flight's free-seat index (_hold.lua)
--- KEYS[6..k+5]   {f:<flight>}:b:<id>           the holds' records
--- ARGV[1], ...   the holds' booking ids (ARGV[1..k]), in the order of their records
--- ARGV[k+1..]    the holds' seats
+-- KEYS[6]        {f:<flight>}:b                the flight's records
+-- ARGV[1]        k, the number of holds
+-- ARGV[2..k+1]   the holds' booking ids
+-- ARGV[k+2..]    the holds' seats
 --
 -- Seat keys are derived from KEYS[1]'s hash tag (the same slot), every one read before the
 -- first write to the index.
@@ -15,16 +16,16 @@
 --   n >= 0   the number of seats marked free
 local rcall = redis.call
 local prefix = string.sub(KEYS[1], 1, -2)
-local k = #KEYS - 5
+local k = tonumber(ARGV[1])
 local gone = {}
-for i = k + 1, #ARGV do
+for i = k + 2, #ARGV do
   if rcall('EXISTS', prefix .. ARGV[i]) == 0 then gone[#gone + 1] = ARGV[i] end
 end
 if k > 0 then
   local ids = {}
-  for i = 1, k do ids[i] = ARGV[i] end
+  for i = 1, k do ids[i] = ARGV[i + 1] end
   rcall('ZREM', KEYS[1], unpack(ids))
-  for i = 6, #KEYS do rcall('DEL', KEYS[i]) end
+  rcall('HDEL', KEYS[6], unpack(ids))
 end
 index_mark(KEYS[2], KEYS[3], KEYS[4], KEYS[5], gone, 0)
 return #gone

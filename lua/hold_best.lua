@@ -5,7 +5,7 @@
 -- KEYS[1]   {f:<flight>}:d        deadline index (sorted set: booking id -> deadline, ms)
 -- KEYS[2]   {f:<flight>}:e        the flight's marker: present once its booked seats are in
 --                                 this Redis (missing: Redis lost its data, not restored yet)
--- KEYS[3]   {f:<flight>}:b:<id>   the booking's record (hash), written with the seats
+-- KEYS[3]   {f:<flight>}:b        the flight's records (hash: booking id -> record)
 -- KEYS[4]   {f:<flight>}:k:<key>  the Idempotency-Key's entry (hash); unused without a key
 -- KEYS[5..8] {f:<flight>}:m, :r, :c, :l  the flight's free-seat index (_hold.lua)
 -- ARGV[1]   booking id, stored as each held seat's value
@@ -227,6 +227,6 @@ end
 rcall('ZADD', KEYS[1], deadline, ARGV[1])
 if indexed then mark_chosen(chosen, seen, runs, counts) else index_mark(M, R, C, KEYS[8], chosen, 1) end
 local seats = table.concat(chosen, ',')
-write_record(KEYS[3], seats, deadline, now)
+write_record(KEYS[3], ARGV[1], seats, deadline, now)
 if keyed then remember_hold(KEYS[4], ARGV[6], ARGV[7], ARGV[1], seats, deadline, now) end
 return result

@@ -4,7 +4,7 @@
 -- KEYS[1]        {f:<flight>}:d        deadline index (sorted set: booking id -> deadline, ms)
 -- KEYS[2]        {f:<flight>}:e        the flight's marker: present once its booked seats are in
 --                                      this Redis (missing: Redis lost its data, not restored)
--- KEYS[3]        {f:<flight>}:b:<id>   the booking's record (hash), written with the seats
+-- KEYS[3]        {f:<flight>}:b        the flight's records (hash: booking id -> record)
 -- KEYS[4]        {f:<flight>}:k:<key>  the Idempotency-Key's entry (hash); unused without a key
 -- KEYS[5..8]     {f:<flight>}:m, :r, :c, :l   the flight's free-seat index (_hold.lua)
 -- KEYS[9..n+8]   {f:<flight>}:<seat>   the seats to hold
@@ -59,6 +59,6 @@ for i = 9, #KEYS do
 end
 rcall('ZADD', KEYS[1], deadline, ARGV[1])
 index_mark(KEYS[5], KEYS[6], KEYS[7], KEYS[8], seats, 1)
-write_record(KEYS[3], table.concat(seats, ','), deadline, now)
+write_record(KEYS[3], ARGV[1], table.concat(seats, ','), deadline, now)
 if keyed then remember_hold(KEYS[4], ARGV[6], ARGV[7], ARGV[1], table.concat(seats, ','), deadline, now) end
 return {1, tonumber(deadline), now}

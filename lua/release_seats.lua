@@ -1,9 +1,9 @@
 -- release_seats: free the seats a booking holds or booked, and only those.
 --
 -- KEYS[1]        {f:<flight>}:d        deadline index (sorted set: booking id -> deadline, ms)
--- KEYS[2]        {f:<flight>}:b:<id>   the booking's record, deleted too: callers release only
---                                      once the booking's outcome is in SQL, or for a hold
---                                      that never answered
+-- KEYS[2]        {f:<flight>}:b        the flight's records: the booking's is deleted too;
+--                                      callers release only once the booking's outcome is in
+--                                      SQL, or for a hold that never answered
 -- KEYS[3..6]     {f:<flight>}:m, :r, :c, :l   the flight's free-seat index (_hold.lua)
 -- KEYS[7..n+6]   {f:<flight>}:<seat>   every seat of the booking
 -- ARGV[1]        booking id
@@ -28,6 +28,6 @@ for i = 7, #KEYS do
   end
 end
 rcall('ZREM', KEYS[1], bid)
-rcall('DEL', KEYS[2])
+rcall('HDEL', KEYS[2], bid)
 index_mark(KEYS[3], KEYS[4], KEYS[5], KEYS[6], names, 0)
 return freed

@@ -12,7 +12,6 @@ from redis.asyncio import Redis
 
 from holdsvc import EmbeddedRedis, Settings
 from holdsvc.appkeys import BOOKINGS, EXPIRER, HOLDS, STORE
-from holdsvc.seats import keys
 from tests.helpers import Client, eventually, hold, new_flight, seat_map
 
 MakeClient = Callable[[Settings], Awaitable[Client]]
@@ -68,8 +67,9 @@ async def test_a_hold_sql_never_saw_expires_from_its_record(
     booking = await hold(client, flight["id"], ["2A", "2B"], user="alice")
     store = client.app[STORE]
     assert await store.get_booking(booking["id"]) is None
-    record = keys.record(flight["id"], booking["id"])
-    assert await redis.hget(record, "u") == b"alice"
+    holds = client.app[HOLDS]
+    record = await holds.record(flight["id"], booking["id"])
+    assert record is not None and record.user_id == "alice" and record.seats == ["2A", "2B"]
 
     async def expired() -> bool:
         states: dict[str, str] = await store.states_of([booking["id"]])
@@ -79,13 +79,13 @@ async def test_a_hold_sql_never_saw_expires_from_its_record(
     row = await store.get_booking(booking["id"])
     assert row is not None and row.seats == ["2A", "2B"] and row.user_id == "alice"
     assert row.amount == booking["amount"] and row.payment is None
+
     # Its record goes once the outcome is committed; the seats are free again.
-    await eventually(lambda: _gone(redis, record))
+    async def gone() -> bool:
+        return await holds.record(flight["id"], booking["id"]) is None
+
+    await eventually(gone)
     assert (await seat_map(client, flight["id"]))["2A"] == "available"
-
-
-async def _gone(redis: Redis, key: str) -> bool:
-    return await redis.exists(key) == 0
 
 
 async def test_holds_lost_with_redis_data_are_gone_and_took_no_money(

@@ -220,20 +220,16 @@ class HoldStore:
         """The Redis records of these bookings that exist, in one round trip."""
         if not booking_ids:
             return {}
-        replies = await self._fast.execute_many(
-            [("HMGET", keys.record(flight_id, b), *_RECORD_FIELDS) for b in booking_ids]
-        )
-        found = {}
-        for booking_id, values in zip(booking_ids, replies, strict=True):
-            if values[0] is not None:
-                found[booking_id] = _record(flight_id, booking_id, values)
-        return found
+        values = await self._fast.execute("HMGET", keys.records(flight_id), *booking_ids)
+        return {
+            booking_id: _record(flight_id, booking_id, value)
+            for booking_id, value in zip(booking_ids, values, strict=True)
+            if value is not None
+        }
 
     async def record(self, flight_id: int, booking_id: str) -> HoldRecord | None:
-        values = await self._fast.execute(
-            "HMGET", keys.record(flight_id, booking_id), *_RECORD_FIELDS
-        )
-        return None if values[0] is None else _record(flight_id, booking_id, values)
+        value = await self._fast.execute("HGET", keys.records(flight_id), booking_id)
+        return None if value is None else _record(flight_id, booking_id, value)
 
     async def begin_payment(
         self, flight_id: int, seats: list[str], booking_id: str, window_ms: int
@@ -256,7 +252,7 @@ class HoldStore:
             self._s.confirm_seats,
             [
                 keys.deadlines(flight_id),
-                keys.record(flight_id, booking_id),
+                keys.records(flight_id),
                 *keys.seats(flight_id, seats),
             ],
             [booking_id],
@@ -270,7 +266,7 @@ class HoldStore:
             self._s.release_seats,
             [
                 keys.deadlines(flight_id),
-                keys.record(flight_id, booking_id),
+                keys.records(flight_id),
                 *keys.index(flight_id),
                 *keys.seats(flight_id, seats),
             ],
@@ -304,12 +300,8 @@ class HoldStore:
             return
         reply = await self._eval(
             self._s.free_lapsed,
-            [
-                keys.deadlines(flight_id),
-                *keys.index(flight_id),
-                *(keys.record(flight_id, b) for b in booking_ids),
-            ],
-            [*booking_ids, *seats],
+            [keys.deadlines(flight_id), *keys.index(flight_id), keys.records(flight_id)],
+            [len(booking_ids), *booking_ids, *seats],
         )
         if not (isinstance(reply, int) and 0 <= reply <= len(seats)):
             raise UnknownScriptReply("free_lapsed", reply)
@@ -401,11 +393,9 @@ class HoldStore:
         return [sum(1 for v in values if v is None) for values in replies]
 
 
-_RECORD_FIELDS = ("u", "s", "a", "c", "t", "d")
-
-
-def _record(flight_id: int, booking_id: str, values: Sequence[bytes | None]) -> HoldRecord:
-    user, seats, amount, currency, created, deadline = ((v or b"").decode() for v in values)
+def _record(flight_id: int, booking_id: str, value: bytes) -> HoldRecord:
+    """A record as _hold.lua's write_record() joins it; the user is last and may hold anything."""
+    created, deadline, seats, amount, currency, user = value.decode().split("\x1f", 5)
     return HoldRecord(
         booking_id, flight_id, user, seats.split(","), amount, currency, int(created),
         int(deadline),
@@ -416,7 +406,7 @@ def _hold_keys(flight_id: int, booking_id: str, key: KeyClaim | None) -> list[st
     return [
         keys.deadlines(flight_id),
         keys.marker(flight_id),
-        keys.record(flight_id, booking_id),
+        keys.records(flight_id),
         keys.idempotency(flight_id, key.key if key else ""),
         *keys.index(flight_id),
     ]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 # collide with the one-letter suffixes of the flight's other keys below.
 _DEADLINES = "d"
 _MARKER = "e"
-_RECORD = "b:"
+_RECORDS = "b"
 _IDEMPOTENCY = "k:"
 # The free-seat index (lua/_hold.lua): the bitmap, the runs and counts a row, the layout.
 _INDEX = ("m", "r", "c", "l")
@@ -62,9 +62,11 @@ def marker(flight_id: int) -> str:
     return f"{{f:{flight_id}}}:{_MARKER}"
 
 
-def record(flight_id: int, booking_id: str) -> str:
-    """A held booking's record (hash), written by the hold script beside its seats."""
-    return f"{{f:{flight_id}}}:{_RECORD}{booking_id}"
+def records(flight_id: int) -> str:
+    """The flight's held bookings' records: one hash, a field per booking (its id), written
+    by the hold script beside the seats. One hash a flight, not a key a booking: a key's own
+    overhead was most of what a record cost in memory."""
+    return f"{{f:{flight_id}}}:{_RECORDS}"
 
 
 def idempotency(flight_id: int, key: str) -> str:
