@@ -88,6 +88,7 @@ class Metrics:
             registry=r,
         )
         self._http_children: dict[tuple[str, str, int], Any] = {}
+        self._transition_children: dict[tuple[str, str], Any] = {}
         self.redis_errors = Counter("holdsvc_redis_errors", "Redis errors answered 503", registry=r)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -101,7 +102,11 @@ class Metrics:
         self.registry.register(_Live(connects))
 
     def on_transition(self, t: Transition) -> None:
-        self.transitions.labels(t.to_state, t.cause).inc()
+        key = (t.to_state, t.cause)
+        child = self._transition_children.get(key)
+        if child is None:  # labels() takes a lock and builds a tuple: once per label pair
+            child = self._transition_children[key] = self.transitions.labels(*key)
+        child.inc()
         if t.to_state == State.EXPIRED.value and t.deadline is not None:
             self.expiry_lag.observe(max(0.0, (t.at - t.deadline) / 1000))
 

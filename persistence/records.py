@@ -156,6 +156,11 @@ class Moved:
     # with it: the first answer is rendered from it, and so is every replay.
     record: BookingRecord | None = None
 
+    def __reduce__(self) -> tuple[type[Moved], tuple[Any, ...]]:
+        # Every move's answer crosses from the writer process: a plain tuple, not the slots
+        # dataclass's fields() walk on each dump and load (the writer's profile).
+        return Moved, (self.moved, self.state, self.previous, self.deadline, self.record)
+
 
 @dataclass(frozen=True, slots=True)
 class Transition:
