@@ -221,7 +221,7 @@ class Bookings:
             meta = result.meta or meta
         else:
             first = result
-        if isinstance(first, Taken | NotEnough):
+        if isinstance(first, (Taken, NotEnough)):
             self._metrics.holds_refused.inc()
             exc = (
                 SeatsNotAvailable(seats=first.seats)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from holdsvc.domain.errors import NotFound
@@ -13,7 +12,6 @@ from holdsvc.domain.store import BookingStore
 # The outcome a keyed flight creation's answer is stored as.
 CREATED = "flight"
 
-_SEAT = re.compile(r"([1-9][0-9]{0,2})([A-Z])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +27,17 @@ class Flight:
         return self.record.id
 
     def has_seat(self, name: str) -> bool:
-        match = _SEAT.fullmatch(name)
+        # A row of 1-3 ASCII digits without a leading zero, up to the flight's rows, then
+        # one of its letters: checked without a regex, a match per seat on the hold path.
+        row, letter = name[:-1], name[-1:]
         return (
-            match is not None
-            and int(match[1]) <= self.record.rows
-            and match[2] in self.record.seat_letters
+            letter != ""
+            and letter in self.record.seat_letters
+            and 0 < len(row) <= 3
+            and row.isascii()
+            and row.isdigit()
+            and row[0] != "0"
+            and int(row) <= self.record.rows
         )
 
     @classmethod
