@@ -1,4 +1,4 @@
-"""Admin commands on the same settings as the service: status, audit, flights.
+"""Admin commands on the same settings as the service: status, audit, flights, migrate.
 
 They talk to the service's Redis and SQLite directly (a running ``holdsvc serve`` with an
 embedded Redis leaves its URL in ``<data-dir>/redis.url``). Each prints plain lines; a failure
@@ -68,6 +68,21 @@ async def _open(settings: Settings, *, create: bool = False) -> AsyncIterator[_H
             await holds.close()
     finally:
         await store.close()
+
+
+async def migrate(settings: Settings) -> int:
+    """Bring the database's schema to this holdsvc's version, as `holdsvc serve` does at
+    start-up; SQL only, so it works while nothing else runs."""
+    store = await SqlStore.open(settings.db_path)
+    try:
+        now, applied = await store.schema_version(), store.applied_migrations
+    finally:
+        await store.close()
+    if applied:
+        print(f"schema version {applied[0] - 1} -> {now} ({settings.db_path})")
+    else:
+        print(f"schema version {now}: up to date ({settings.db_path})")
+    return 0
 
 
 async def status(settings: Settings) -> int:
@@ -174,6 +189,7 @@ def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
         "audit": lambda: audit(settings),
         "flights create": lambda: flights_create(settings, args),
         "flights list": lambda: flights_list(settings),
+        "migrate": lambda: migrate(settings),
     }
     try:
         return asyncio.run(commands[command]())

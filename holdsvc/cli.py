@@ -20,6 +20,7 @@ from holdsvc.domain.records import NewFlight
 from holdsvc.embedded_redis import EmbeddedRedisError
 from holdsvc.seats.scripts import ScriptLoadError
 from holdsvc.settings import Settings
+from persistence.sqlite_schema import SchemaTooNew
 
 log = logging.getLogger("holdsvc")
 
@@ -31,6 +32,7 @@ STARTUP_ERRORS = (
     sqlite3.Error,
     OSError,
     ValueError,
+    SchemaTooNew,
 )
 
 DEMO_FLIGHT = NewFlight(

@@ -265,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--currency", required=True, help="e.g. INR")
     listing = actions.add_parser("list", help="list flights with their free seats")
     _common(listing)
+    migrate = sub.add_parser(
+        "migrate",
+        help="bring the database's schema to this version (serve does it at start-up too)",
+    )
+    _common(migrate)
     return parser
 
 

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import sqlite3
 from collections.abc import Collection
-from importlib import resources
 from typing import Any
 
 from persistence.records import (
@@ -238,20 +237,6 @@ _INSERT_SEAT = (
 _INSERT_TRANSITION = (
     "INSERT INTO transitions (booking_id, from_state, to_state, cause, at) VALUES (?, ?, ?, ?, ?)"
 )
-
-
-def create_schema(conn: sqlite3.Connection) -> None:
-    conn.executescript(resources.files("persistence").joinpath("schema.sql").read_text("utf-8"))
-    # Columns added since a file was created (the schema gets versions in a later change).
-    added = {
-        "idempotency_keys": (("alive_at", "INTEGER"), ("outcome", "TEXT"), ("record", "BLOB")),
-        "payments": (("refund_key", "TEXT"),),
-    }
-    for table, columns in added.items():
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        for column, kind in columns:
-            if column not in have:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 BOOKING_COLUMNS = (

@@ -41,13 +41,13 @@ from persistence.sqlite_ops import (
     booking_of,
     change_payment_in,
     create_flight,
-    create_schema,
     end_holds,
     flight_fields,
     marks,
     move_many,
     read_pragmas,
 )
+from persistence.sqlite_schema import migrate
 from persistence.writer import Call, GroupCommitWriter, WriterClosed, WriterStats, connect
 
 _FLIGHT_COLUMNS = (
@@ -76,6 +76,8 @@ class SqlStore(SqliteKeys):
         self.path = path
         self._writer = writer
         self._reader = reader
+        # The schema versions this open applied (sqlite_schema.py); none when it was current.
+        self.applied_migrations: list[int] = []
         self._bookings: Coalescer[str, None, BookingRecord] = Coalescer(self._get_bookings)
         # Told of every committed move (the app logs and counts them); runs on the event loop.
         self.on_transition: Callable[[Transition], None] | None = None
@@ -84,14 +86,16 @@ class SqlStore(SqliteKeys):
     async def open(cls, path: Path) -> SqlStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = GroupCommitWriter(path)
-        await writer.start(create_schema)  # on failure it has stopped its process
+        applied: list[int] = await writer.start(migrate)  # on failure it has stopped it
         try:
             # The reader opens through the same connect() as the writer: one set of pragmas.
             reader = await aiosqlite.Connection(lambda: connect(path), iter_chunk_size=64)
         except BaseException:
             await writer.close()
             raise
-        return cls(path, writer, reader)
+        store = cls(path, writer, reader)
+        store.applied_migrations = applied
+        return store
 
     async def close(self) -> None:
         try:
@@ -332,6 +336,13 @@ class SqlStore(SqliteKeys):
             (*wanted, before_ms, limit),
         ) as cur:
             return [r[0] for r in await cur.fetchall()]
+
+    async def schema_version(self) -> int:
+        """The file's schema version (sqlite_schema.py); the open migrated it to the latest."""
+        async with self._query("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
 
     async def count_by_state(self) -> dict[str, int]:
         async with self._query("SELECT state, count(*) FROM bookings GROUP BY state") as cur:

@@ -162,16 +162,19 @@ class GroupCommitWriter:
         """The writer process, while it runs."""
         return self._process.pid if self._process is not None else None
 
-    async def start(self, init: Op) -> None:
-        """Start the writer process, open the file there and run ``init`` (the schema)."""
+    async def start(self, init: Op) -> Any:
+        """Start the writer process, open the file there and run ``init`` (the schema's
+        migrations); returns what ``init`` returned, or None for a value that does not
+        pickle (a cursor)."""
         try:
-            await self._spawn(init)
+            done = await self._spawn(init)
         except BaseException:
             self._closing = True  # never started: nothing to restart
             raise
         self._init = init  # from now on a dead process is replaced
+        return done
 
-    async def _spawn(self, init: Op) -> None:
+    async def _spawn(self, init: Op) -> Any:
         ours, theirs = socket.socketpair()
         owned = False
         try:
@@ -186,13 +189,14 @@ class GroupCommitWriter:
             _, self._channel = await loop.create_connection(lambda: _Channel(self), sock=ours)
             owned = True
             opened = self._call(("open", str(self._path), init))
-            await asyncio.wait_for(opened, START_TIMEOUT_S)
+            done = await asyncio.wait_for(opened, START_TIMEOUT_S)
             self._channel.opened = True
         except BaseException:
             if not owned:
                 ours.close()
             await self._stop_process()
             raise
+        return done
 
     def _call(self, message: tuple[Any, ...]) -> asyncio.Future[Any]:
         channel = self._channel

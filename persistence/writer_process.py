@@ -180,12 +180,12 @@ def serve(sock: socket.socket, max_batch: int) -> None:
             elif kind == "open":
                 path, init = args
                 try:
-                    conn = _open(Path(path), init)
+                    conn, done = _open(Path(path), init)
                 except Exception as exc:
                     sock.sendall(_answer(request, False, exc))
                     return
                 applier = GroupApplier(conn)
-                sock.sendall(_answer(request, True, None))
+                sock.sendall(_answer(request, True, done if _pickles(done) else None))
             elif kind == "close":
                 if conn is not None:
                     conn.close()
@@ -199,14 +199,23 @@ def serve(sock: socket.socket, max_batch: int) -> None:
             conn.close()
 
 
-def _open(path: Path, init: Any) -> sqlite3.Connection:
+def _pickles(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def _open(path: Path, init: Any) -> tuple[sqlite3.Connection, Any]:
+    """The connection, and what ``init`` returned (the migrations it applied)."""
     conn = connect(path)
     try:
-        init(conn)
+        done = init(conn)
     except BaseException:
         conn.close()
         raise
-    return conn
+    return conn, done
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,6 @@ from holdsvc.domain.store import BookingStore
 CREATED = "flight"
 
 
-
 @dataclass(frozen=True, slots=True)
 class Flight:
     record: FlightRecord
