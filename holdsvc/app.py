@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -52,6 +53,9 @@ transition_log = logging.getLogger("holdsvc.transitions")
 REDIS_POOL_SIZE = 64
 
 
+WORKER_HEADER = "X-Holdsvc-Worker"
+
+
 class StartupError(RuntimeError):
     """A precondition of serving does not hold; start-up stops with this message."""
 
@@ -66,6 +70,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[k.SETTINGS] = settings
     app[k.METRICS] = Metrics()
+    app[k.METRICS].identify(settings.worker, os.getpid())
+    if settings.worker:
+        app.on_response_prepare.append(_say_worker)
     app.cleanup_ctx.extend(
         [
             _embedded_redis,
@@ -83,7 +90,15 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+async def _say_worker(request: web.Request, response: web.StreamResponse) -> None:
+    """One of several API processes names itself on every answer (the operator's "which one
+    answered"); a lone serve adds nothing."""
+    response.headers[WORKER_HEADER] = str(request.app[k.SETTINGS].worker)
+
+
 async def _metrics(request: web.Request) -> web.Response:
+    # Each API process answers with its own counts (`serve --workers N`): X-Holdsvc-Worker
+    # and the holdsvc_worker series say which one answered; a scraper sums them.
     return web.Response(
         body=request.app[k.METRICS].render(), headers={"Content-Type": CONTENT_TYPE}
     )

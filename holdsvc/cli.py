@@ -82,6 +82,11 @@ async def _tune_gc(app: web.Application) -> None:
 
 
 def serve(settings: Settings) -> None:
+    if settings.workers > 1:
+        from holdsvc.workers import Supervisor
+
+        Supervisor(settings).run()
+        return
     app = create_app(settings)
     if settings.demo:
         app.cleanup_ctx.append(_demo_flight)
@@ -93,6 +98,8 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         print=lambda text: print(text, flush=True),
         access_log=None,
+        # One of several API processes on this port: each has a listener of its own.
+        reuse_port=settings.worker > 0,
     )
 
 

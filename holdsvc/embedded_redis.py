@@ -117,7 +117,7 @@ def answers_ping(port: int) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # A service killed with SIGKILL must not leave its Redis running.
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
@@ -172,7 +172,7 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ holdsvc_sql_commit_batch_size                operations per group commit
 holdsvc_sql_commit_seconds                   one group commit, fsync included
 holdsvc_redis_errors_total                   Redis errors answered 503
 holdsvc_redis_connects_total                 connections the hold client opened (1 + reconnects)
+holdsvc_worker{worker,pid}                   1: which API process answered (serve --workers N)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -97,6 +99,15 @@ class Metrics:
         if child is None:  # labels() takes a lock and builds a tuple: once per route/status
             child = self._http_children[key] = self.http.labels(method, route, str(status))
         child.observe(seconds)
+
+    def identify(self, worker: int, pid: int) -> None:
+        """Which API process these counts are from (0: a serve that is not one of several)."""
+        Gauge(
+            "holdsvc_worker",
+            "The API process that answered: its number and pid",
+            ["worker", "pid"],
+            registry=self.registry,
+        ).labels(str(worker), str(pid)).set(1)
 
     def watch_redis_client(self, connects: Callable[[], int]) -> None:
         self.registry.register(_Live(connects))

@@ -70,6 +70,12 @@ class Settings:
     # "text", or "json": one JSON object a line.
     log_format: str = "text"
     demo: bool = False
+    # API processes `serve` runs on its port (each with its own SO_REUSEPORT listener), plus
+    # one persister, under one supervisor (holdsvc/workers.py). 1: serve is the API itself.
+    workers: int = 1
+    # Set by the supervisor in each API process it starts (HOLDSVC_WORKER): its number, from
+    # 1; 0 for a serve that is not one of several.
+    worker: int = 0
 
     @property
     def db_path(self) -> Path:
@@ -166,6 +172,8 @@ class Settings:
             raise ValueError(f"HOLDSVC_FAULT must be one of {', '.join(POINTS)}")
         if not 1 <= self.max_seats_per_booking <= 100:
             raise ValueError("max-seats-per-booking must be 1..100")
+        if not 1 <= self.workers <= 64:
+            raise ValueError("workers must be 1..64")
 
 
 def _parse_bool(text: str) -> bool:
@@ -194,6 +202,8 @@ _CONVERTERS: dict[str, Any] = {
     "max_body_bytes": int,
     "gateway_ledger": Path,
     "demo": _parse_bool,
+    "workers": int,
+    "worker": int,
 }
 
 
@@ -219,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API (and an embedded Redis if no URL)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="API processes on the port (default 1); more than 1 adds one persister process",
+    )
     _common(serve)
     _service(serve)
     serve.add_argument(
