@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import http_holds, lifecycle, peers, recovery, store
-from bench.common import in_worker
+from bench.common import flushall_sync, in_worker
 from holdsvc import EmbeddedRedis, find_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,6 +37,7 @@ SCENARIOS = (
     "fsync_always",
     "peers",
     "http_holds",
+    "workers",
     "contention",
     "lifecycle",
     "expiry",
@@ -127,6 +128,8 @@ def main() -> int:
                 ("fsync_always", lambda: _fsync_always(server, work, args.redis_server, z)),
                 ("peers", lambda: _peers(url, args.pg_dsn, work, z)),
                 ("http_holds", lambda: http_holds.http_holds(
+                    url, work, int(z["http_seconds"]), 1000)),
+                ("workers", lambda: http_holds.workers(
                     url, work, int(z["http_seconds"]), 1000)),
                 ("contention", lambda: in_worker(
                     store.contention, url, z["seconds"], z["calls"], 64)),
@@ -272,6 +275,7 @@ def _headline(name: str, r: dict[str, Any]) -> str:
         "lifecycle": ("confirms_per_s", "commits_per_confirm", "p99_ms"),
         "expiry": ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "stuck"),
         "memory": ("bytes_per_held_seat", "held_seats"),
+        "workers": ("holds_per_s_1", "holds_per_s_2", "ratio_2_vs_1"),
     }[name]
     return " ".join(f"{f}={r.get(f)}" for f in fields)
 
@@ -281,9 +285,7 @@ def _flush(server: EmbeddedRedis) -> None:
 
     client = redis.Redis.from_url(server.url)
     try:
-        # SYNC said outright: Valkey frees a plain FLUSHALL's data in the background
-        # (lazyfree-lazy-user-flush), which the next scenario would pay for.
-        client.execute_command("FLUSHALL", "SYNC")
+        flushall_sync(client)
     finally:
         client.close()
 

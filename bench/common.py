@@ -69,3 +69,11 @@ def in_worker(fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(*args)`` in a fresh process: the load never shares the harness's event loop."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result(timeout=600)
+
+
+def flushall_sync(client: Any) -> Any:
+    """``FLUSHALL SYNC`` through a redis-py client (sync: returns the reply; asyncio: an
+    awaitable). SYNC said outright: Valkey frees a plain FLUSHALL's data in the background
+    (lazyfree-lazy-user-flush), and the next measurement paid for it (a negative memory figure,
+    slower scenarios)."""
+    return client.execute_command("FLUSHALL", "SYNC")

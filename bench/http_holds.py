@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen
+from bench.common import flushall_sync
 from holdsvc import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -188,4 +189,71 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
             "generator": generator,
             "hold": best_result,
         },
+    }
+
+
+_FLIGHT = (
+    b'{"flight_number":"BX1","origin":"DEL","destination":"BOM",'
+    b'"departure_time":"2026-12-01T09:30:00Z","rows":150,"seat_letters":"ABCDEFGHIJKL",'
+    b'"price":"10.00","currency":"INR"}'
+)
+
+
+def _both_listening(port: int, workers: int, timeout: float = 30) -> None:
+    """Every worker of a `serve --workers N` answers (each new connection picks one)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers and time.monotonic() < deadline:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/healthz", headers={"Connection": "close"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=1) as resp:
+                seen.add(resp.headers.get("X-Holdsvc-Worker", "0"))
+        except OSError:
+            time.sleep(0.1)
+    if len(seen) < workers:
+        raise RuntimeError(f"only workers {sorted(seen)} of {workers} answered")
+
+
+def workers(redis_url: str, workdir: Path, seconds: int, flights: int) -> dict[str, Any]:
+    """HTTP holds/s from `serve --workers 1` and `--workers 2`, one after the other, same load."""
+    use_wrk = shutil.which("wrk") is not None and not os.environ.get("HOLDSVC_BENCH_NO_WRK")
+    import redis
+
+    results: dict[str, Any] = {}
+    for n in (1, 2):
+        with redis.Redis.from_url(redis_url) as client:
+            flushall_sync(client)
+        port = free_port()
+        where = workdir / f"workers-{n}"
+        service = subprocess.Popen(
+            [sys.executable, "-m", "holdsvc", "serve", "--workers", str(n), "--redis-url",
+             redis_url, "--data-dir", str(where), "--port", str(port), "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            _wait_listening(port, service)
+            _both_listening(port, n)
+            for _ in range(flights):
+                _post(f"http://127.0.0.1:{port}/api/flights/", _FLIGHT)
+            if use_wrk:
+                results[str(n)] = wrk(port, seconds, 64, flights)
+            else:
+                results[str(n)] = loadgen.load(port, seconds, 64, flights, ROWS, LETTERS)
+        finally:
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(30)
+            except subprocess.TimeoutExpired:
+                service.kill()
+    one, two = results["1"]["ok_per_s"], results["2"]["ok_per_s"]
+    return {
+        "holds_per_s_1": one,
+        "holds_per_s_2": two,
+        "ratio_2_vs_1": round(two / one, 3) if one else None,
+        "p99_ms_1": results["1"]["p99_ms"],
+        "p99_ms_2": results["2"]["p99_ms"],
+        "generator": "wrk -t2 -c64" if use_wrk else "bench/loadgen.py, 2 processes, 64 connections",
+        "runs": results,
     }

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
+from bench.common import flushall_sync
 from holdsvc import (
     EmbeddedRedis,
     HoldRequest,
@@ -153,7 +154,7 @@ async def restore_time(base: Settings, booked: int, redis_url: str) -> dict[str,
                     raise RuntimeError(f"restore_time: booking {held.id} was {outcome}")
                 count += len(group)
         async with Redis.from_url(redis_url) as redis:
-            await redis.execute_command("FLUSHALL", "SYNC")
+            await flushall_sync(redis)
             started = time.monotonic()
             restored = await app[k.RESTORER].check()
             elapsed = time.monotonic() - started
@@ -192,7 +193,7 @@ async def main() -> None:
             base = Settings(redis_url=server.url, data_dir=Path(tmp), db=Path(tmp) / "a.sqlite3")
             result: dict[str, Any] = {"expiry": await expiry_lag(base, args.live, args.short)}
             async with Redis.from_url(server.url) as redis:
-                await redis.execute_command("FLUSHALL", "SYNC")
+                await flushall_sync(redis)
             base = base.replace(db=Path(tmp) / "b.sqlite3")
             result["restore"] = await restore_time(base, args.booked, server.url)
             result["redis_server"] = server.binary.name

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.common import closed_loop
+from bench.common import closed_loop, flushall_sync
 from holdsvc import (
     Held,
     HoldMeta,
@@ -203,9 +203,7 @@ def memory(url: str, seats: int) -> dict[str, Any]:
 
 async def _memory(url: str, seat_count: int) -> dict[str, Any]:
     holds = await open_store(url)
-    # SYNC said outright: Valkey frees a plain FLUSHALL's data in the background, and
-    # used_memory then fell while this measured (a negative figure in a full run).
-    await holds.redis.execute_command("FLUSHALL", "SYNC")
+    await flushall_sync(holds.redis)
     flights = range(30_000, 30_000 + seat_count // len(SEATS) + 1)
     await mark_flights(holds, flights)
     rng = random.Random(9)
