@@ -86,6 +86,7 @@ async def _store_holds(
     sha = (await load_scripts(holds.redis)).hold_seats.sha
     ceiling_flights = range(flights.stop, flights.stop + len(flights))
     await mark_flights(holds, ceiling_flights)
+    run_id = await holds.server_run_id()
 
     async def script(n: int) -> str:
         flight, slot = divmod(n, per_flight)
@@ -95,7 +96,7 @@ async def _store_holds(
             "EVALSHA", sha, 8 + len(seats),
             seat_keys.deadlines(f), seat_keys.marker(f), seat_keys.records(f),
             seat_keys.idempotency(f, ""), *seat_keys.index(f), *seat_keys.seats(f, seats),
-            bid, TTL_MS, META.user_id, META.amount, META.currency, "", 0,
+            bid, TTL_MS, META.user_id, META.amount, META.currency, "", 0, run_id,
         )  # fmt: skip
         return "held" if reply[0] == 1 else "refused"
 

@@ -27,6 +27,7 @@ from holdsvc.domain.seatmap import SeatMap
 from holdsvc.domain.sweeper import run_sweeper, sweep_round
 from holdsvc.embedded_redis import (
     EmbeddedRedis,
+    EmbeddedRedisError,
     find_binary,
     forget_url,
     record_url,
@@ -41,7 +42,7 @@ from holdsvc.seats.holds import HoldStore
 from holdsvc.seats.redis_client import PipelinedRedis
 from holdsvc.seats.scripts import load_scripts
 from holdsvc.settings import Settings
-from holdsvc.tasks import background
+from holdsvc.tasks import background, stop
 from persistence.persister import Persister
 from persistence.sqlite_store import SqlStore
 
@@ -127,11 +128,44 @@ async def _embedded_redis(app: web.Application) -> AsyncIterator[None]:
     app[k.REDIS_URL] = server.url
     # The admin commands (holdsvc status, audit, ...) find this Redis through this file.
     record_url(settings.data_dir, server.url)
+    keeper = asyncio.create_task(_keep_alive(app, server), name="embedded-redis-keeper")
     try:
         yield
     finally:
+        await stop(keeper)
         forget_url(settings.data_dir, server.url)
         await asyncio.to_thread(server.stop)
+
+
+REVIVE_EVERY_S = 0.2
+
+
+async def _keep_alive(app: web.Application, server: EmbeddedRedis) -> None:
+    """Start the embedded Redis again whenever it dies (it was left <defunct>, and every
+    route answered 503 for good), then restore the flights into it. Holds meanwhile answer
+    503; the hold script refuses a flight whose marker is from the earlier run, so none is
+    served from the new process before its flight is restored."""
+    while True:
+        await asyncio.sleep(REVIVE_EVERY_S)
+        pid = server.process.pid if server.process is not None else None
+        try:
+            code = await asyncio.to_thread(server.revive)
+        except EmbeddedRedisError as exc:
+            log.error("starting the embedded Redis again failed: %s", exc)
+            await asyncio.sleep(1.0)
+            continue
+        if code is None:
+            continue
+        log.error(
+            "the embedded Redis (pid %s) exited with %s: started again on port %d (pid %s)",
+            pid, code, server.port, server.process.pid if server.process else None,
+        )  # fmt: skip
+        restorer = app.get(k.RESTORER)
+        if restorer is not None:
+            try:
+                await restorer.check()
+            except Exception as exc:  # the sweeper and the hold path restore it too
+                log.warning("restore after the embedded Redis restarted failed: %s", exc)
 
 
 async def _sql(app: web.Application) -> AsyncIterator[None]:

@@ -192,6 +192,19 @@ class EmbeddedRedis:
     def ping(self) -> bool:
         return answers_ping(self.port)
 
+    def revive(self) -> int | None:
+        """If the server has exited, reap it and start it again, on the same port and in the
+        same directory (so from its AOF); returns the exit status it had, or None when it was
+        running. Raises EmbeddedRedisError when it does not come back."""
+        if self.process is None:
+            return None
+        code = self.process.poll()
+        if code is None:
+            return None
+        self._close_pipes()
+        self.start()
+        return code
+
     def stop(self) -> None:
         """SIGTERM (Redis fsyncs its AOF and exits), then SIGKILL if it lingers."""
         if self.process is None:

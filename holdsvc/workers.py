@@ -30,6 +30,7 @@ from types import FrameType
 
 from holdsvc.embedded_redis import (
     EmbeddedRedis,
+    EmbeddedRedisError,
     die_with_parent,
     find_binary,
     forget_url,
@@ -132,6 +133,7 @@ class Supervisor:
             )
             while not self._stopping:
                 time.sleep(0.1)
+                self._keep_redis()
                 for child in children:
                     self._keep(child)
         finally:
@@ -140,6 +142,20 @@ class Supervisor:
                 forget_url(s.data_dir, self._redis.url)
                 self._redis.stop()
         return 0
+
+    def _keep_redis(self) -> None:
+        """Start the embedded Redis again if it died; the workers restore their flights into
+        it (the hold script refuses a marker from the earlier run until they have)."""
+        if self._redis is None or self._stopping:
+            return
+        try:
+            code = self._redis.revive()
+        except EmbeddedRedisError as exc:
+            log.error("starting the embedded Redis again failed: %s", exc)
+            return
+        if code is not None:
+            log.error("the embedded Redis exited with %s: started again on port %d", code,
+                      self._redis.port)  # fmt: skip
 
     def _keep(self, child: _Child) -> None:
         """Restart a child that exited, after a pause if it had only just started."""

@@ -3,8 +3,8 @@
 -- the answer under it.
 --
 -- KEYS[1]   {f:<flight>}:d        deadline index (sorted set: booking id -> deadline, ms)
--- KEYS[2]   {f:<flight>}:e        the flight's marker: present once its booked seats are in
---                                 this Redis (missing: Redis lost its data, not restored yet)
+-- KEYS[2]   {f:<flight>}:e        the flight's marker: the run id of the Redis process its
+--                                 booked seats were restored into (hold_seats.lua)
 -- KEYS[3]   {f:<flight>}:b        the flight's records (hash: booking id -> record)
 -- KEYS[4]   {f:<flight>}:k:<key>  the Idempotency-Key's entry (hash); unused without a key
 -- KEYS[5..8] {f:<flight>}:m, :r, :c, :l  the flight's free-seat index (_hold.lua)
@@ -13,9 +13,10 @@
 -- ARGV[3]   user id       ARGV[4] amount       ARGV[5] currency
 -- ARGV[6]   the request's fingerprint, or "" for a request without a key
 -- ARGV[7]   how long the key's entry is kept, milliseconds
--- ARGV[8]   number of seats wanted (integer >= 1)
--- ARGV[9]   number of rows of the flight (seats are <row><letter>, rows from 1)
--- ARGV[10]  the seat letters of a row, in order across the cabin (e.g. ABCDEF)
+-- ARGV[8]   the run id of this Redis process, as the client read it when it connected
+-- ARGV[9]   number of seats wanted (integer >= 1)
+-- ARGV[10]  number of rows of the flight (seats are <row><letter>, rows from 1)
+-- ARGV[11]  the seat letters of a row, in order across the cabin (e.g. ABCDEF)
 --
 -- With the index, the work does not grow with the flight's size or fill: a string.find over
 -- the per-row bytes (in C) finds the first row that fits, one BITFIELD reads its seats, and
@@ -36,7 +37,8 @@
 -- Returns (closed set):
 --   {1, deadline_ms, created_ms, seat, seat, ...}  these seats are held until deadline_ms
 --   {2, free}                           nothing held: only `free` seats are free
---   {3}                                 nothing held: the flight's marker is missing
+--   {3}                                 nothing held: the flight's marker is missing or from
+--                                       another run (not restored into this process)
 --   {4, <entry>...}                     the key's first answer (_hold.lua's replay())
 --   {5}                                 the key was used with a different request
 local rcall = redis.call
@@ -45,11 +47,11 @@ if keyed then
   local first = replay(KEYS[4], ARGV[6])
   if first then return first end
 end
-if rcall('EXISTS', KEYS[2]) == 0 then return {3} end
+if rcall('GET', KEYS[2]) ~= ARGV[8] then return {3} end
 local prefix = string.sub(KEYS[1], 1, -2)
-local want = tonumber(ARGV[8])
-local rows = tonumber(ARGV[9])
-local letters = ARGV[10]
+local want = tonumber(ARGV[9])
+local rows = tonumber(ARGV[10])
+local letters = ARGV[11]
 local width = #letters
 local M, R, C = KEYS[5], KEYS[6], KEYS[7]
 

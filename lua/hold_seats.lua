@@ -2,8 +2,10 @@
 -- record beside its seats; with an Idempotency-Key, claim the key and keep the answer under it.
 --
 -- KEYS[1]        {f:<flight>}:d        deadline index (sorted set: booking id -> deadline, ms)
--- KEYS[2]        {f:<flight>}:e        the flight's marker: present once its booked seats are in
---                                      this Redis (missing: Redis lost its data, not restored)
+-- KEYS[2]        {f:<flight>}:e        the flight's marker: the run id of the Redis process its
+--                                      booked seats were restored into (missing: Redis lost its
+--                                      data; another run id: Redis restarted, from an AOF that
+--                                      may miss its last second; either way not restored yet)
 -- KEYS[3]        {f:<flight>}:b        the flight's records (hash: booking id -> record)
 -- KEYS[4]        {f:<flight>}:k:<key>  the Idempotency-Key's entry (hash); unused without a key
 -- KEYS[5..8]     {f:<flight>}:m, :r, :c, :l   the flight's free-seat index (_hold.lua)
@@ -13,13 +15,15 @@
 -- ARGV[3]        user id       ARGV[4] amount       ARGV[5] currency
 -- ARGV[6]        the request's fingerprint, or "" for a request without a key
 -- ARGV[7]        how long the key's entry is kept, milliseconds
+-- ARGV[8]        the run id of this Redis process, as the client read it when it connected
 --
 -- Returns (closed set):
 --   {1, deadline_ms, created_ms}  every seat held until deadline_ms (Redis clock)
 --   {2, i, j, ...}                nothing held: the seats at 1-based positions i, j, ... of
 --                                 KEYS[9..] are held or booked by someone else
---   {3}                           nothing held: the flight's marker is missing; a free-looking
---                                 seat may be sold in SQL, so nothing is held until restored
+--   {3}                           nothing held: the flight's marker is missing or from another
+--                                 run; a free-looking seat may be sold in SQL, so nothing is
+--                                 held until the flight is restored into this process
 --   {4, <entry>...}               the key's first answer (_hold.lua's replay()); nothing
 --                                 changed
 --   {5}                           the key was used with a different request: nothing changed
@@ -35,7 +39,7 @@ if keyed then
   local first = replay(KEYS[4], ARGV[6])
   if first then return first end
 end
-if rcall('EXISTS', KEYS[2]) == 0 then return {3} end
+if rcall('GET', KEYS[2]) ~= ARGV[8] then return {3} end
 
 local taken = {2}
 local names = {}

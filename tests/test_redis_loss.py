@@ -156,3 +156,31 @@ async def test_a_confirmed_seat_missing_from_redis_is_booked_again(
     assert (await seat_map(client, flight["id"]))["2D"] == "available"
     assert await client.app[RESTORER].reconcile_all() == 1
     assert (await seat_map(client, flight["id"]))["2D"] == "booked"
+
+
+async def test_after_a_restart_no_hold_is_served_before_the_flight_is_restored(
+    make_client: MakeClient, settings: Settings, redis_server: EmbeddedRedis
+) -> None:
+    # No sweeper: nothing restores the flight on its own. Redis restarts from its AOF, whose
+    # last second held a confirm: the seat is gone from Redis, but the flight's marker (from
+    # the earlier run) is back. A hold on that seat must not be served from this Redis.
+    client = await make_client(settings.replace(sweep_interval=0))
+    flight = await new_flight(client)
+    booking = await hold(client, flight["id"], ["1C"])
+    assert (await client.post(f"/api/bookings/{booking['id']}/pay/")).status == 200
+    redis_server.kill(signal.SIGKILL)
+    redis_server.start()
+    async with Redis.from_url(redis_server.url) as redis:
+        assert await redis.exists(keys.marker(flight["id"])) == 1
+        await redis.delete(keys.seat(flight["id"], "1C"))  # the confirm the AOF lost
+    # As a client would: retried while the answer is a retryable 503 (the reconnect).
+    for _ in range(10):
+        resp = await client.post(
+            "/api/bookings/", json={"flight_id": flight["id"], "user_id": "late", "seats": ["1C"]}
+        )
+        if resp.status != 503:
+            break
+        await asyncio.sleep(float(resp.headers["Retry-After"]) / 5)
+    # The hold script refused the marker of the earlier run; the restore ran first.
+    assert resp.status == 409, await resp.text()
+    assert (await seat_map(client, flight["id"]))["1C"] == "booked"

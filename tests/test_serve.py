@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import signal
 import socket
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,3 +102,57 @@ async def test_start_up_fails_clearly_without_redis(
     assert "holdsvc: cannot start: Error 111 connecting to 127.0.0.1:1" in text
     assert "Traceback" not in text
     node.log.unlink(missing_ok=True)
+
+
+async def test_the_embedded_redis_killed_comes_back_and_holds_resume(
+    tmp_path: Path, services: Callable[..., ServiceProcess]
+) -> None:
+    data = tmp_path / "data"
+    node = services(["--data-dir", str(data)])
+    url = (data / "redis.url").read_text().strip()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{node.base}/api/flights/", json=SMALL_FLIGHT) as resp:
+            flight = (await resp.json())["id"]
+        async with http.post(
+            f"{node.base}/api/bookings/",
+            json={"flight_id": flight, "user_id": "u1", "seats": ["1A"]},
+        ) as resp:
+            booking = (await resp.json())["id"]
+        async with http.post(f"{node.base}/api/bookings/{booking}/pay/") as resp:
+            assert resp.status == 200
+        assert node.proc is not None
+        listed = await asyncio.to_thread(
+            subprocess.run,
+            ["pgrep", "-P", str(node.proc.pid), "-f", "valkey-server|redis-server"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        [redis_pid] = [int(p) for p in listed.stdout.split()]
+        os.kill(redis_pid, signal.SIGKILL)
+        killed = time.monotonic()
+
+        # Holds answer 503 (retryable) until the server is back and the flight restored.
+        statuses = []
+        while time.monotonic() - killed < 10:
+            async with http.post(
+                f"{node.base}/api/bookings/",
+                json={"flight_id": flight, "user_id": "u2", "seats": ["1B"]},
+            ) as resp:
+                statuses.append(resp.status)
+                if resp.status == 201:
+                    break
+                assert resp.status == 503 and resp.headers["Retry-After"], await resp.text()
+            await asyncio.sleep(0.1)
+        back = time.monotonic() - killed
+        assert statuses[-1] == 201, statuses
+        assert back < 3.0, f"holds came back {back:.1f} s after the kill"
+        # The same port, a new process; the paid seat is still sold.
+        assert port_open(port)
+        async with http.post(
+            f"{node.base}/api/bookings/",
+            json={"flight_id": flight, "user_id": "u3", "seats": ["1A"]},
+        ) as resp:
+            assert resp.status == 409
+    output = node.stop(signal.SIGTERM)
+    assert "exited with -9: started again on port" in output, output
+    assert not port_open(port)

@@ -177,10 +177,13 @@ class HoldStore:
         meta: HoldMeta,
         key: KeyClaim | None = None,
     ) -> Held | Taken | NotRestored | Replayed | KeyMismatch:
+        # The run id of the connection the script goes out on (nothing awaits in between):
+        # the script holds nothing unless the flight was restored into that very process.
+        run_id = self._fast.run_id or await self._fast.connected_run_id()
         reply = await self._eval(
             self._s.hold_seats,
             [*_hold_keys(flight_id, booking_id, key), *keys.seats(flight_id, seats)],
-            _hold_args(booking_id, ttl_ms, meta, key),
+            _hold_args(booking_id, ttl_ms, meta, key, run_id),
         )
         match reply:
             case [1, int(deadline), int(created)]:
@@ -202,10 +205,11 @@ class HoldStore:
         meta: HoldMeta,
         key: KeyClaim | None = None,
     ) -> Held | NotEnough | NotRestored | Replayed | KeyMismatch:
+        run_id = self._fast.run_id or await self._fast.connected_run_id()
         reply = await self._eval(
             self._s.hold_best,
             _hold_keys(flight_id, booking_id, key),
-            [*_hold_args(booking_id, ttl_ms, meta, key), count, rows, letters],
+            [*_hold_args(booking_id, ttl_ms, meta, key, run_id), count, rows, letters],
         )
         match reply:
             case [1, int(deadline), int(created), *names] if len(names) == count:
@@ -412,10 +416,12 @@ def _hold_keys(flight_id: int, booking_id: str, key: KeyClaim | None) -> list[st
     ]
 
 
-def _hold_args(booking_id: str, ttl_ms: int, meta: HoldMeta, key: KeyClaim | None) -> list[Any]:
+def _hold_args(
+    booking_id: str, ttl_ms: int, meta: HoldMeta, key: KeyClaim | None, run_id: str
+) -> list[Any]:
     return [
         booking_id, ttl_ms, meta.user_id, meta.amount, meta.currency,
-        key.fingerprint if key else "", key.ttl_ms if key else 0,
+        key.fingerprint if key else "", key.ttl_ms if key else 0, run_id,
     ]  # fmt: skip
 
 

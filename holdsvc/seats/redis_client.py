@@ -59,6 +59,8 @@ class _Connection(asyncio.Protocol):
         # and the hold path made two per command.
         self.loop = asyncio.get_running_loop()
         self.closed = self.loop.create_future()
+        # The run id of the Redis process at the other end, read when it connected.
+        self.run_id = ""
 
     @property
     def usable(self) -> bool:
@@ -193,6 +195,24 @@ class PipelinedRedis:
                 await conn.send(("AUTH", self._password))
         if self._db:
             await conn.send(("SELECT", self._db))
+        info = await conn.send(("INFO", "server"))
+        for line in bytes(info).decode("utf-8", "replace").splitlines():
+            if line.startswith("run_id:"):
+                conn.run_id = line.partition(":")[2].strip()
+
+    @property
+    def run_id(self) -> str | None:
+        """The run id of the Redis process this client is connected to, None when it is not
+        connected. Read without a round trip: a connection is to one process for its life."""
+        conn = self._conn
+        return conn.run_id if conn is not None and conn.usable else None
+
+    async def connected_run_id(self) -> str:
+        """The run id of the Redis process this client is connected to, connecting first."""
+        conn = self._conn
+        if conn is None or not conn.usable:
+            conn = await self._connect()
+        return conn.run_id
 
     async def _watch(self) -> None:
         last = time.monotonic()
