@@ -258,9 +258,9 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     flights = Flights(store)
     app[k.FLIGHTS] = flights
     app[k.SEAT_MAP] = SeatMap(app[k.HOLDS], flights)
-    app[k.HEALTH] = Health(app[k.HOLDS], store)
     restorer = Restorer(app[k.HOLDS], store, flights)
     app[k.RESTORER] = restorer
+    app[k.HEALTH] = Health(app[k.HOLDS], store, restorer)
     settings = app[k.SETTINGS]
     gateway = MockGateway(settings.gateway_ledger_path)
     app[k.GATEWAY] = gateway

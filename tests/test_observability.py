@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 
+from holdsvc.appkeys import RESTORER
 from holdsvc.embedded_redis import EmbeddedRedis
 from holdsvc.settings import Settings
 from tests.helpers import SMALL_FLIGHT, Client, ServiceProcess, eventually, hold, new_flight
@@ -90,3 +92,34 @@ async def test_json_logs_one_line_per_request_and_per_transition(
     assert {"booking_id": booking_id, "from": "SEAT_HELD", "to": "CANCELLED"}.items() <= (
         moves[1].items()
     )
+
+
+async def test_liveness_and_readiness_are_told_apart(
+    make_client: MakeClient, settings: Settings, redis_server: EmbeddedRedis
+) -> None:
+    # No sweeper: after the restart nothing restores the flights until asked.
+    client = await make_client(settings.replace(sweep_interval=0))
+    flight = await new_flight(client)
+    for path in ("/livez", "/readyz", "/healthz"):
+        resp = await client.get(path)
+        assert (resp.status, await resp.json()) == (200, {"status": "ok"}), path
+
+    # Redis gone: the process is alive, and neither ready nor healthy.
+    redis_server.kill(signal.SIGKILL)
+    assert (await client.get("/livez")).status == 200
+    for path in ("/readyz", "/healthz"):
+        resp = await client.get(path)
+        assert resp.status == 503 and (await resp.json())["redis"] == "unavailable", path
+
+    # Back, from its AOF: healthy (both stores answer), not ready until its flights are
+    # restored into this Redis process.
+    redis_server.start()
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/readyz")
+    assert (resp.status, await resp.json()) == (
+        503,
+        {"status": "unavailable", "restore": "in progress"},
+    )
+    await client.app[RESTORER].check()
+    assert (await client.get("/readyz")).status == 200
+    assert (await hold(client, flight["id"], ["1A"]))["state"] == "SEAT_HELD"

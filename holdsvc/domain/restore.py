@@ -28,6 +28,9 @@ class Restorer:
         self._holds = holds
         self._store = store
         self._flights = flights
+        # The run id of the Redis process that the last check() left every flight restored
+        # into. Readiness (/readyz) waits until it is the running one's.
+        self.restored_run: str | None = None
         self._locks: dict[int, asyncio.Lock] = {}
 
     async def add_flight(self, new: NewFlight, key: KeyRef | None = None) -> Flight:
@@ -44,6 +47,7 @@ class Restorer:
         stale = await self._holds.stale_markers(flights, run_id)
         for flight_id in stale:
             await self.restore(flight_id, "marker missing or from an earlier Redis run")
+        self.restored_run = run_id
         return len(stale)
 
     async def restore_unless_running(self, flight_id: int, reason: str) -> bool:

@@ -128,6 +128,19 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    problems = await request.app[HEALTH].problems(restored=True)
+    if problems:
+        return json_response({"status": "unavailable", **problems}, 503)
+    return json_response({"status": "ok"})
+
+
+async def livez(request: web.Request) -> web.Response:
+    # Answered by the event loop itself: no store is asked, so a dead Redis or SQL never
+    # gets a live process restarted.
+    return json_response({"status": "ok"})
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """One route: what serves it and what the OpenAPI document says of it."""
@@ -181,6 +194,11 @@ ENDPOINTS = [
              answers={200: (schemas.BookingAction, "Refund processed"), **_BOOKING_ERRORS}),
     Endpoint("GET", "/healthz", healthz, "Redis and SQL both answer",
              answers={200: (schemas.Health, "ok"), 503: (schemas.Health, "unavailable")}),
+    Endpoint("GET", "/readyz", readyz,
+             "Ready for traffic: Redis and SQL answer, and every flight is restored into Redis",
+             answers={200: (schemas.Health, "ok"), 503: (schemas.Health, "unavailable")}),
+    Endpoint("GET", "/livez", livez, "The process is up and its event loop answers",
+             answers={200: (schemas.Health, "ok")}),
 ]  # fmt: skip
 
 
