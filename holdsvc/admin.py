@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import orjson
+from redis.exceptions import RedisError
 
 from holdsvc.domain.errors import DomainError
 from holdsvc.domain.flights import Flights
@@ -32,15 +33,37 @@ from persistence.sqlite_store import SqlStore
 RECHECK_AFTER_S = 1.0
 
 
+# Every exit code of the admin commands (`holdsvc --help` lists them).
+EXIT_CODES = (
+    (0, "done"),
+    (1, "audit found differences"),
+    (2, "bad usage, or the command failed"),
+    (3, "Redis does not answer (what needs only SQL was still printed)"),
+    (4, "no running holdsvc: its embedded Redis is not running (likewise)"),
+)
+
+
 class AdminError(Exception):
-    """Reported as one line, exit 1."""
+    """Reported as one line on stderr, with its exit code."""
+
+    code = 2
+
+
+class RedisUnreachable(AdminError):
+    code = 3
+
+
+class ServiceDown(AdminError):
+    code = 4
 
 
 @dataclass
 class _Handles:
     store: SqlStore
-    holds: HoldStore
+    holds: HoldStore | None
     flights: Flights
+    # Why there is no Redis to ask, when there is none.
+    redis_problem: AdminError | None = None
 
 
 def redis_url(settings: Settings) -> str:
@@ -48,24 +71,51 @@ def redis_url(settings: Settings) -> str:
         return settings.redis_url
     url = recorded_url(settings.data_dir)
     if url is None:
-        raise AdminError(
+        raise ServiceDown(
             f"no running holdsvc with an embedded Redis in {settings.data_dir}"
             " (start `holdsvc serve`, or give --redis-url)"
         )
     return url
 
 
+async def _connect_redis(settings: Settings) -> HoldStore:
+    url = redis_url(settings)
+    where = urlparse(url)
+    unreachable = f"Redis at {where.hostname}:{where.port} does not answer"
+    try:
+        holds = await connect_hold_store(url, pool_size=4)
+    except (RedisError, OSError) as exc:
+        raise RedisUnreachable(f"{unreachable}: {exc}") from exc
+    try:
+        await holds.ping()
+    except (RedisError, OSError) as exc:
+        await holds.close()
+        raise RedisUnreachable(f"{unreachable}: {exc}") from exc
+    return holds
+
+
 @contextlib.asynccontextmanager
-async def _open(settings: Settings, *, create: bool = False) -> AsyncIterator[_Handles]:
+async def _open(
+    settings: Settings, *, create: bool = False, need_redis: bool = True
+) -> AsyncIterator[_Handles]:
+    """SQL, and Redis when it answers; without ``need_redis`` a missing Redis is noted in
+    the handles instead of failing the command, which then reads what SQL alone can say."""
     if not create and not settings.db_path.exists():
         raise AdminError(f"no database at {settings.db_path} (give --db or --data-dir)")
     store = await SqlStore.open(settings.db_path)
     try:
-        holds = await connect_hold_store(redis_url(settings), pool_size=4)
+        holds, problem = None, None
         try:
-            yield _Handles(store, holds, Flights(store))
+            holds = await _connect_redis(settings)
+        except AdminError as exc:
+            if need_redis:
+                raise
+            problem = exc
+        try:
+            yield _Handles(store, holds, Flights(store), problem)
         finally:
-            await holds.close()
+            if holds is not None:
+                await holds.close()
     finally:
         await store.close()
 
@@ -86,19 +136,24 @@ async def migrate(settings: Settings) -> int:
 
 
 async def status(settings: Settings) -> int:
-    async with _open(settings) as h:
+    async with _open(settings, need_redis=False) as h:
         counts = await h.store.count_by_state()
         flights = await h.flights.all()
-        live = await h.holds.live_holds([f.id for f in flights])
-        info = await h.holds.redis.info("server")
-        where = urlparse(redis_url(settings))
-        print(f"redis        ok ({info.get('redis_version', '?')}, {where.hostname}:{where.port})")
+        if h.holds is not None:
+            live: object = await h.holds.live_holds([f.id for f in flights])
+            info = await h.holds.redis.info("server")
+            where = urlparse(redis_url(settings))
+            version = info.get("redis_version", "?")
+            print(f"redis        ok ({version}, {where.hostname}:{where.port})")
+        else:
+            live = "unknown (no Redis)"
+            print(f"redis        unavailable: {h.redis_problem}")
         print(f"sql          ok ({settings.db_path})")
         print(f"flights      {len(flights)}")
         print(f"live holds   {live}")
         for state in State:
             print(f"{state.value:<16} {counts.get(state.value, 0)}")
-    return 0
+        return h.redis_problem.code if h.redis_problem else 0
 
 
 async def audit(settings: Settings) -> int:
@@ -120,6 +175,7 @@ async def audit(settings: Settings) -> int:
 
 
 async def _differences(h: _Handles, flight_id: int) -> list[str]:
+    assert h.holds is not None  # audit opens with Redis required
     flight = await h.flights.get(flight_id)
     owners = await h.holds.seat_owners(flight_id, flight.seats)
     owner: dict[str, tuple[str, str]] = {}
@@ -161,6 +217,7 @@ async def flights_create(settings: Settings, args: argparse.Namespace) -> int:
     except DomainError as exc:
         raise AdminError(exc.message) from exc
     async with _open(settings, create=True) as h:
+        assert h.holds is not None  # opened with Redis required
         flight = await Restorer(h.holds, h.store, h.flights).add_flight(new)
         print(
             f"flight {flight.id} {new.flight_number} {new.origin}-{new.destination}"
@@ -170,9 +227,11 @@ async def flights_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def flights_list(settings: Settings) -> int:
-    async with _open(settings) as h:
+    async with _open(settings, need_redis=False) as h:
         flights = await h.flights.all()
-        free = await h.holds.free_counts([(f.id, f.seats) for f in flights])
+        free: list[object] = ["?"] * len(flights)
+        if h.holds is not None:
+            free = list(await h.holds.free_counts([(f.id, f.seats) for f in flights]))
         for f, n in zip(flights, free, strict=True):
             r = f.record
             print(
@@ -180,6 +239,9 @@ async def flights_list(settings: Settings) -> int:
                 f"  {n}/{len(f.seats)} free  {r.price} {r.currency}"
             )
         print(f"{len(flights)} flights")
+        if h.redis_problem is not None:
+            print(f"free seats unknown: {h.redis_problem}", file=sys.stderr)
+            return h.redis_problem.code
     return 0
 
 
@@ -195,4 +257,4 @@ def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(commands[command]())
     except AdminError as exc:
         print(f"holdsvc {command}: {exc}", file=sys.stderr)
-        return 2  # 1 is audit's "differences found"
+        return exc.code

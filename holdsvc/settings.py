@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -221,10 +222,17 @@ def _from_env(env: Mapping[str, str], parser: argparse.ArgumentParser) -> dict[s
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from holdsvc.admin import EXIT_CODES
+
     parser = argparse.ArgumentParser(
         prog="holdsvc",
         description="Seat-hold and booking service. Every flag also reads HOLDSVC_<NAME>.",
+        epilog="exit codes of the admin commands: "
+        + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES)
+        + ". serve and persister exit 1 when they cannot start.",
     )
+    parser.add_argument("--version", action="version", version=f"holdsvc {_version()}")
+    _common(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP API (and an embedded Redis if no URL)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
@@ -298,38 +306,49 @@ def _service(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--max-seats-per-booking", type=int, help="default 10")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("holdsvc")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown"
+
+
 def _common(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--redis-url", help="use this Redis instead of starting one")
-    cmd.add_argument(
+    """The flags every command takes, before or after the command's name. Unset ones are
+    left out of the namespace (SUPPRESS), so a subcommand's parser never overwrites one given
+    before its name with its own default."""
+
+    def add(*names: str, **options: Any) -> None:
+        cmd.add_argument(*names, default=argparse.SUPPRESS, **options)
+
+    add("--redis-url", help="use this Redis instead of starting one")
+    add(
         "--redis-server",
         help="embedded server binary: auto (default: the pip-shipped valkey, else one on"
         " PATH), bundled, path (a redis-server/valkey-server on PATH), or a file",
     )
-    cmd.add_argument(
+    add(
         "--redis-fsync",
         choices=("everysec", "always"),
         help="the embedded Redis's AOF fsync (default everysec: a crash may lose the last"
         " second of holds, never a payment)",
     )
-    cmd.add_argument("--data-dir", type=Path, help="embedded Redis and SQLite live here")
-    cmd.add_argument("--db", type=Path, help="SQLite file (default <data-dir>/holdsvc.sqlite3)")
-    cmd.add_argument(
-        "--sweep-interval", type=float, help="seconds between expiry sweeps (default 0.5, 0 = off)"
-    )
-    cmd.add_argument(
+    add("--data-dir", type=Path, help="embedded Redis and SQLite live here")
+    add("--db", type=Path, help="SQLite file (default <data-dir>/holdsvc.sqlite3)")
+    add("--sweep-interval", type=float, help="seconds between expiry sweeps (default 0.5, 0 = off)")
+    add(
         "--reconcile-grace",
         type=float,
         help="seconds past its deadline before SQL expires a hold Redis forgot (default 2)",
     )
-    cmd.add_argument(
+    add(
         "--require-keyspace-events",
         action="store_const",
         const=True,
-        default=None,
         help="fail start-up when Redis expiry events are off and cannot be turned on",
     )
-    cmd.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
-    cmd.add_argument("--log-format", choices=["text", "json"], help="text (default) or json")
+    add("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    add("--log-format", choices=["text", "json"], help="text (default) or json")
 
 
 __all__ = ["ENV_PREFIX", "Settings", "build_parser"]

@@ -11,7 +11,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from holdsvc.embedded_redis import EmbeddedRedis
-from tests.helpers import ServiceProcess
+from tests.helpers import SMALL_FLIGHT, ServiceProcess
 
 
 def admin(*args: str) -> subprocess.CompletedProcess[str]:
@@ -108,3 +108,48 @@ def test_bad_settings_are_one_line(tmp_path: Path) -> None:
         run = admin("status", "--data-dir", str(tmp_path), *args)
         assert run.returncode == 2, run.stderr
         assert "Traceback" not in run.stderr
+
+
+async def test_status_and_flights_list_answer_from_sql_when_the_service_is_down(
+    tmp_path: Path, services: Callable[..., ServiceProcess]
+) -> None:
+    data = tmp_path / "data"
+    node = services(["--data-dir", str(data)])
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{node.base}/api/flights/", json=SMALL_FLIGHT) as resp:
+            flight = (await resp.json())["id"]
+        async with http.post(
+            f"{node.base}/api/bookings/",
+            json={"flight_id": flight, "user_id": "u1", "seats": ["1A"]},
+        ) as resp:
+            booking = (await resp.json())["id"]
+        async with http.post(f"{node.base}/api/bookings/{booking}/pay/") as resp:
+            assert resp.status == 200
+    # The flags before the command's name, as an operator types them.
+    up = admin("--data-dir", str(data), "status")
+    assert up.returncode == 0 and "redis        ok" in up.stdout, up.stdout + up.stderr
+    node.stop()
+
+    # The service (and its embedded Redis) stopped: SQL still answers, exit 4.
+    down = admin("--data-dir", str(data), "status")
+    assert down.returncode == 4, down.stdout + down.stderr
+    assert "redis        unavailable: no running holdsvc" in down.stdout
+    assert "CONFIRMED        1" in down.stdout and "live holds   unknown" in down.stdout
+    listed = admin("flights", "list", "--data-dir", str(data))
+    assert listed.returncode == 4 and "?/10 free" in listed.stdout, listed.stdout
+    assert "1 flights" in listed.stdout
+    # A Redis named but not answering is another exit code.
+    dead = admin("status", "--data-dir", str(data), "--redis-url", "redis://127.0.0.1:9/0")
+    assert dead.returncode == 3 and "does not answer" in dead.stdout, dead.stdout
+    assert "CONFIRMED        1" in dead.stdout
+    # Auditing needs Redis: one line, the same code.
+    audit = admin("audit", "--data-dir", str(data))
+    assert audit.returncode == 4 and audit.stderr.strip().count("\n") == 0, audit.stderr
+
+
+def test_version_and_exit_codes_are_documented() -> None:
+    version = admin("--version")
+    assert version.returncode == 0 and version.stdout.startswith("holdsvc "), version
+    helped = admin("--help")
+    assert all(f"{code} " in helped.stdout for code in range(5)), helped.stdout
+    assert "Redis does not answer" in helped.stdout
