@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -28,6 +29,7 @@ from holdsvc.domain.sweeper import run_sweeper, sweep_round
 from holdsvc.embedded_redis import (
     EmbeddedRedis,
     EmbeddedRedisError,
+    RestartBudget,
     find_binary,
     forget_url,
     record_url,
@@ -144,10 +146,23 @@ async def _keep_alive(app: web.Application, server: EmbeddedRedis) -> None:
     """Start the embedded Redis again whenever it dies (it was left <defunct>, and every
     route answered 503 for good), then restore the flights into it. Holds meanwhile answer
     503; the hold script refuses a flight whose marker is from the earlier run, so none is
-    served from the new process before its flight is restored."""
+    served from the new process before its flight is restored. Past --redis-restarts within
+    a minute, the service stops itself and exits 1."""
+    budget = RestartBudget(app[k.SETTINGS].redis_restarts)
     while True:
         await asyncio.sleep(REVIVE_EVERY_S)
-        pid = server.process.pid if server.process is not None else None
+        if server.process is None or server.process.poll() is None:
+            continue
+        if not budget.take(time.monotonic()):
+            reason = (
+                f"the embedded Redis died {budget.limit + 1} times within a minute"
+                f" (see {server.logfile}): giving up"
+            )
+            log.critical("%s", reason)
+            app[k.GAVE_UP] = reason
+            os.kill(os.getpid(), signal.SIGTERM)  # a graceful stop, then exit 1
+            return
+        pid = server.process.pid
         try:
             code = await asyncio.to_thread(server.revive)
         except EmbeddedRedisError as exc:

@@ -29,6 +29,8 @@ KEY_REF = web.RequestKey("key_ref", KeyRef)
 # A hold's Idempotency-Key and fingerprint, for the hold script to claim.
 HOLD_KEY = web.RequestKey("hold_key", HoldKey)
 REDIS_URL = web.AppKey("redis_url", str)
+# Why the service stopped itself (the embedded Redis kept dying); serve then exits 1.
+GAVE_UP = web.AppKey("gave_up", str)
 REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", SqlStore)
 HOLDS = web.AppKey("holds", HoldStore)

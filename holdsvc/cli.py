@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from holdsvc import admin, logs
 from holdsvc import appkeys as k
 from holdsvc.app import StartupError, create_app
+from holdsvc.appkeys import GAVE_UP
 from holdsvc.domain.records import NewFlight
 from holdsvc.embedded_redis import EmbeddedRedisError
 from holdsvc.seats.scripts import ScriptLoadError
@@ -23,6 +24,11 @@ from holdsvc.settings import Settings
 from persistence.sqlite_schema import SchemaTooNew
 
 log = logging.getLogger("holdsvc")
+
+
+class GaveUp(RuntimeError):
+    """The service stopped itself: something it depends on kept failing."""
+
 
 STARTUP_ERRORS = (
     StartupError,
@@ -59,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(persist(settings))
         else:
             return admin.run(command, settings, args)
+    except GaveUp as exc:
+        print(f"holdsvc: stopped: {exc}", file=sys.stderr)
+        return 1
     except STARTUP_ERRORS as exc:
         service = command in ("serve", "persister")
         what = "cannot start" if service else f"{command} failed"
@@ -85,7 +94,10 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1:
         from holdsvc.workers import Supervisor
 
-        Supervisor(settings).run()
+        supervisor = Supervisor(settings)
+        supervisor.run()
+        if supervisor.gave_up:
+            raise GaveUp(supervisor.gave_up)
         return
     app = create_app(settings)
     if settings.demo:
@@ -101,6 +113,8 @@ def serve(settings: Settings) -> None:
         # One of several API processes on this port: each has a listener of its own.
         reuse_port=settings.worker > 0,
     )
+    if app.get(GAVE_UP):
+        raise GaveUp(app[GAVE_UP])
 
 
 async def persist(settings: Settings) -> None:

@@ -15,6 +15,7 @@ every second, in its own directory, on a free loopback port.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import logging
@@ -122,6 +123,26 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+RESTART_WINDOW_S = 60.0
+
+
+class RestartBudget:
+    """At most ``limit`` restarts within a minute: a server that keeps dying is given up on,
+    so whatever runs holdsvc (systemd, a container runtime) can act."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._times: collections.deque[float] = collections.deque()
+
+    def take(self, now: float) -> bool:
+        while self._times and now - self._times[0] > RESTART_WINDOW_S:
+            self._times.popleft()
+        if len(self._times) >= self.limit:
+            return False
+        self._times.append(now)
+        return True
 
 
 class EmbeddedRedis:

@@ -73,6 +73,10 @@ class Settings:
     demo: bool = False
     # API processes `serve` runs on its port (each with its own SO_REUSEPORT listener), plus
     # one persister, under one supervisor (holdsvc/workers.py). 1: serve is the API itself.
+    # The embedded Redis is started again when it dies, at most this many times within a
+    # minute; past that `serve` exits 1, for its own supervisor (systemd, a container
+    # runtime) to act. 0: never started again.
+    redis_restarts: int = 5
     workers: int = 1
     # Set by the supervisor in each API process it starts (HOLDSVC_WORKER): its number, from
     # 1; 0 for a serve that is not one of several.
@@ -173,6 +177,8 @@ class Settings:
             raise ValueError(f"HOLDSVC_FAULT must be one of {', '.join(POINTS)}")
         if not 1 <= self.max_seats_per_booking <= 100:
             raise ValueError("max-seats-per-booking must be 1..100")
+        if self.redis_restarts < 0:
+            raise ValueError("redis-restarts must not be negative")
         if not 1 <= self.workers <= 64:
             raise ValueError("workers must be 1..64")
 
@@ -204,6 +210,7 @@ _CONVERTERS: dict[str, Any] = {
     "gateway_ledger": Path,
     "demo": _parse_bool,
     "workers": int,
+    "redis_restarts": int,
     "worker": int,
 }
 
@@ -334,6 +341,12 @@ def _common(cmd: argparse.ArgumentParser) -> None:
         " second of holds, never a payment)",
     )
     add("--data-dir", type=Path, help="embedded Redis and SQLite live here")
+    add(
+        "--redis-restarts",
+        type=int,
+        help="times the embedded Redis is started again within a minute before serve gives up"
+        " and exits 1 (default 5; 0 = never)",
+    )
     add("--db", type=Path, help="SQLite file (default <data-dir>/holdsvc.sqlite3)")
     add("--sweep-interval", type=float, help="seconds between expiry sweeps (default 0.5, 0 = off)")
     add(

@@ -31,6 +31,7 @@ from types import FrameType
 from holdsvc.embedded_redis import (
     EmbeddedRedis,
     EmbeddedRedisError,
+    RestartBudget,
     die_with_parent,
     find_binary,
     forget_url,
@@ -82,6 +83,8 @@ class Supervisor:
         self.settings = settings
         self._stopping = False
         self._redis: EmbeddedRedis | None = None
+        self._budget = RestartBudget(settings.redis_restarts)
+        self.gave_up: str | None = None
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -141,21 +144,32 @@ class Supervisor:
             if self._redis is not None:
                 forget_url(s.data_dir, self._redis.url)
                 self._redis.stop()
-        return 0
+        return 1 if self.gave_up else 0
 
     def _keep_redis(self) -> None:
         """Start the embedded Redis again if it died; the workers restore their flights into
         it (the hold script refuses a marker from the earlier run until they have)."""
-        if self._redis is None or self._stopping:
+        redis = self._redis
+        if redis is None or self._stopping or redis.process is None:
+            return
+        if redis.process.poll() is None:
+            return
+        if not self._budget.take(time.monotonic()):
+            self.gave_up = (
+                f"the embedded Redis died {self._budget.limit + 1} times within a minute"
+                f" (see {redis.logfile}): giving up"
+            )
+            log.critical("%s", self.gave_up)
+            self._stopping = True
             return
         try:
-            code = self._redis.revive()
+            code = redis.revive()
         except EmbeddedRedisError as exc:
             log.error("starting the embedded Redis again failed: %s", exc)
             return
         if code is not None:
             log.error("the embedded Redis exited with %s: started again on port %d", code,
-                      self._redis.port)  # fmt: skip
+                      redis.port)  # fmt: skip
 
     def _keep(self, child: _Child) -> None:
         """Restart a child that exited, after a pause if it had only just started."""

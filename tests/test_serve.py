@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import signal
 import socket
@@ -13,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+from redis.asyncio import Redis
 
 from holdsvc.embedded_redis import EmbeddedRedis
 from tests.helpers import SMALL_FLIGHT, ServiceProcess
+from tests.invariants import check_invariants
 
 
 def port_open(port: int) -> bool:
@@ -156,3 +159,91 @@ async def test_the_embedded_redis_killed_comes_back_and_holds_resume(
     output = node.stop(signal.SIGTERM)
     assert "exited with -9: started again on port" in output, output
     assert not port_open(port)
+
+
+async def test_an_embedded_redis_that_keeps_dying_is_given_up_on(
+    tmp_path: Path, services: Callable[..., ServiceProcess]
+) -> None:
+    data = tmp_path / "data"
+    node = services(["--data-dir", str(data), "--redis-restarts", "2"])
+    assert node.proc is not None
+    # Its AOF made unreadable while it runs: every start from it fails from now on.
+    [manifest] = (data / "redis" / "appendonlydir").glob("*.manifest")
+    manifest.write_text("not a manifest\n")
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        ["pgrep", "-P", str(node.proc.pid), "-f", "valkey-server|redis-server"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    os.kill(int(listed.stdout.split()[0]), signal.SIGKILL)
+    code = await asyncio.to_thread(node.proc.wait, 30)
+    assert code == 1, node.output
+    lines = node.output.strip().splitlines()
+    assert lines[-1].startswith("holdsvc: stopped: the embedded Redis died 3 times within a"), (
+        node.output
+    )
+    assert "Traceback" not in node.output
+
+
+async def test_the_embedded_redis_killed_under_hold_traffic(
+    tmp_path: Path, services: Callable[..., ServiceProcess]
+) -> None:
+    data = tmp_path / "data"
+    node = services(["--data-dir", str(data), "--hold-ttl", "30"])
+    url = (data / "redis.url").read_text().strip()
+    flight_body = {**SMALL_FLIGHT, "rows": 10, "seat_letters": "ABCDEF"}
+    seats = [f"{r}{c}" for r in range(1, 11) for c in "ABCDEF"]
+    rng = random.Random(5)
+    confirmed: dict[str, list[str]] = {}
+    statuses: dict[int, int] = {}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{node.base}/api/flights/", json=flight_body) as resp:
+            flight = (await resp.json())["id"]
+        stop_at = time.monotonic() + 6
+
+        async def customer(n: int) -> None:
+            for _ in range(40):  # bounded in count and in time
+                if time.monotonic() > stop_at:
+                    return
+                pair = rng.sample(seats, 2)
+                async with http.post(
+                    f"{node.base}/api/bookings/",
+                    json={"flight_id": flight, "user_id": f"c{n}", "seats": pair},
+                ) as resp:
+                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                    body = await resp.json()
+                await asyncio.sleep(0.05)
+                if resp.status != 201:
+                    continue
+                async with http.post(f"{node.base}/api/bookings/{body['id']}/pay/") as paid:
+                    statuses[paid.status] = statuses.get(paid.status, 0) + 1
+                    if paid.status == 200:
+                        confirmed[body["id"]] = pair
+
+        async def chaos() -> None:
+            await asyncio.sleep(1.5)
+            assert node.proc is not None
+            listed = await asyncio.to_thread(
+                subprocess.run,
+                ["pgrep", "-P", str(node.proc.pid), "-f", "valkey-server|redis-server"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            os.kill(int(listed.stdout.split()[0]), signal.SIGKILL)
+
+        await asyncio.wait_for(asyncio.gather(chaos(), *(customer(n) for n in range(12))), 40)
+        assert set(statuses) <= {200, 201, 409, 503}, statuses
+        assert statuses.get(503, 0) > 0, f"the kill must hit requests: {statuses}"
+        # Holds work again after it, and every paid seat is still sold.
+        for bid, pair in confirmed.items():
+            async with http.get(f"{node.base}/api/bookings/{bid}/") as resp:
+                assert (await resp.json())["state"] == "CONFIRMED"
+            async with http.post(
+                f"{node.base}/api/bookings/",
+                json={"flight_id": flight, "user_id": "late", "seats": pair[:1]},
+            ) as resp:
+                assert resp.status == 409, await resp.text()
+    async with Redis.from_url(url) as redis:
+        await check_invariants(
+            data / "holdsvc.sqlite3", data / "mock-gateway.sqlite3", redis, flight
+        )
+    node.stop()

@@ -26,7 +26,8 @@ class Flight(msgspec.Struct):
     price: str
     currency: str
     seats_total: int
-    seats_available: int
+    # null while Redis does not answer: the flight itself is read from SQL.
+    seats_available: int | None
 
 
 class Seat(msgspec.Struct):

@@ -99,7 +99,8 @@ def stored_outcome(outcome: str, record: bytes) -> web.Response:
     return booking_action(outcome, booking)
 
 
-def flight_view(f: Flight, available: int) -> dict[str, Any]:
+def flight_view(f: Flight, available: int | None) -> dict[str, Any]:
+    """``available`` None: unknown, Redis does not answer (the rest comes from SQL)."""
     r = f.record
     return {
         "id": r.id,
