@@ -184,3 +184,29 @@ async def test_after_a_restart_no_hold_is_served_before_the_flight_is_restored(
     # The hold script refused the marker of the earlier run; the restore ran first.
     assert resp.status == 409, await resp.text()
     assert (await seat_map(client, flight["id"]))["1C"] == "booked"
+
+
+async def test_reads_sql_can_answer_still_answer_while_redis_is_down(
+    client: Client, redis_server: EmbeddedRedis
+) -> None:
+    flight = await new_flight(client)
+    booking = await hold(client, flight["id"], ["1D"])
+    assert (await client.post(f"/api/bookings/{booking['id']}/pay/")).status == 200
+    redis_server.kill(signal.SIGKILL)
+    try:
+        listed = await client.get("/api/flights/")
+        assert listed.status == 200
+        [shown] = await listed.json()
+        assert shown["id"] == flight["id"] and shown["seats_available"] is None
+        one = await client.get(f"/api/flights/{flight['id']}/")
+        assert one.status == 200 and (await one.json())["seats_available"] is None
+        paid = await client.get(f"/api/bookings/{booking['id']}/")
+        assert paid.status == 200 and (await paid.json())["state"] == "CONFIRMED"
+        # A hold needs Redis: retryable.
+        refused = await client.post(
+            "/api/bookings/", json={"flight_id": flight["id"], "user_id": "u", "seats": ["2A"]}
+        )
+        assert refused.status == 503 and refused.headers["Retry-After"]
+    finally:
+        redis_server.start()
+    assert (await (await client.get("/api/flights/")).json())[0]["seats_available"] is not None
