@@ -25,7 +25,7 @@ from holdsvc.domain.states import HOLDING, State
 from holdsvc.embedded_redis import recorded_url
 from holdsvc.http import bodies
 from holdsvc.seats.holds import HoldStore, connect_hold_store
-from holdsvc.settings import Settings
+from holdsvc.settings import EXIT_DIFFERENCES, EXIT_FAILED, EXIT_NO_REDIS, EXIT_NO_SERVICE, Settings
 from persistence.sqlite_store import SqlStore
 
 # A difference seen twice this far apart is real; once, it may be a hold between its Redis
@@ -33,28 +33,18 @@ from persistence.sqlite_store import SqlStore
 RECHECK_AFTER_S = 1.0
 
 
-# Every exit code of the admin commands (`holdsvc --help` lists them).
-EXIT_CODES = (
-    (0, "done"),
-    (1, "audit found differences"),
-    (2, "bad usage, or the command failed"),
-    (3, "Redis does not answer (what needs only SQL was still printed)"),
-    (4, "no running holdsvc: its embedded Redis is not running (likewise)"),
-)
-
-
 class AdminError(Exception):
     """Reported as one line on stderr, with its exit code."""
 
-    code = 2
+    code = EXIT_FAILED
 
 
 class RedisUnreachable(AdminError):
-    code = 3
+    code = EXIT_NO_REDIS
 
 
 class ServiceDown(AdminError):
-    code = 4
+    code = EXIT_NO_SERVICE
 
 
 @dataclass
@@ -171,7 +161,7 @@ async def audit(settings: Settings) -> int:
                 print(f"flight {flight_id} {line}")
                 total += 1
         print(f"{total} differences in {len(flights)} flights")
-    return 1 if total else 0
+    return EXIT_DIFFERENCES if total else 0
 
 
 async def _differences(h: _Handles, flight_id: int) -> list[str]:

@@ -16,6 +16,16 @@ from typing import Any
 
 ENV_PREFIX = "HOLDSVC_"
 
+# The admin commands' exit codes, listed by `holdsvc --help`.
+EXIT_DIFFERENCES, EXIT_FAILED, EXIT_NO_REDIS, EXIT_NO_SERVICE = 1, 2, 3, 4
+EXIT_CODES = (
+    (0, "done"),
+    (EXIT_DIFFERENCES, "audit found differences"),
+    (EXIT_FAILED, "bad usage, or the command failed"),
+    (EXIT_NO_REDIS, "Redis does not answer (what needs only SQL was still printed)"),
+    (EXIT_NO_SERVICE, "no running holdsvc: its embedded Redis is not running (likewise)"),
+)
+
 
 def ms(seconds: float) -> int:
     return round(seconds * 1000)
@@ -229,8 +239,6 @@ def _from_env(env: Mapping[str, str], parser: argparse.ArgumentParser) -> dict[s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from holdsvc.admin import EXIT_CODES
-
     parser = argparse.ArgumentParser(
         prog="holdsvc",
         description="Seat-hold and booking service. Every flag also reads HOLDSVC_<NAME>.",
