@@ -42,6 +42,24 @@ async def _all_workers(http: aiohttp.ClientSession, base: str, count: int) -> di
     return seen
 
 
+async def _children(node: ServiceProcess, count: int) -> list[int]:
+    """The supervisor's children once there are ``count`` of them (a child that died at its
+    start is back within a second; the output says so)."""
+    assert node.proc is not None
+    found: list[int] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        listed = await asyncio.to_thread(
+            subprocess.run,
+            ["pgrep", "-P", str(node.proc.pid)], capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        found = [int(p) for p in listed.stdout.split()]
+        if len(found) == count:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{len(found)} children, not {count}:\n{node.output}")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -122,12 +140,8 @@ async def test_two_workers_race_for_seats_survive_a_kill_and_stop_together(
 
     assert node.proc is not None
     # Its children: the two workers, the persister and the embedded Redis.
-    listed = await asyncio.to_thread(
-        subprocess.run,
-        ["pgrep", "-P", str(node.proc.pid)], capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    children = [int(p) for p in listed.stdout.split()]
-    assert {int(p) for p in after.values()} <= set(children) and len(children) == 4
+    children = await _children(node, 4)
+    assert {int(p) for p in after.values()} <= set(children), node.output
     node.proc.send_signal(signal.SIGTERM)
     assert node.proc.wait(timeout=30) == 0, node.output
     assert not [pid for pid in children if _alive(pid)]
@@ -140,12 +154,7 @@ async def test_a_killed_supervisor_takes_its_workers_with_it(
     async with aiohttp.ClientSession() as http:
         await _all_workers(http, node.base, 2)
     assert node.proc is not None
-    listed = await asyncio.to_thread(
-        subprocess.run,
-        ["pgrep", "-P", str(node.proc.pid)], capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    children = [int(p) for p in listed.stdout.split()]
-    assert len(children) == 4
+    children = await _children(node, 4)
     node.proc.send_signal(signal.SIGKILL)
     node.proc.wait(timeout=10)
 
