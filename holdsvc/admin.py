@@ -18,12 +18,15 @@ from urllib.parse import urlparse
 import orjson
 from redis.exceptions import RedisError
 
-from holdsvc.domain.errors import DomainError
+from holdsvc.domain.bookings import Bookings
+from holdsvc.domain.errors import DomainError, NotFound
 from holdsvc.domain.flights import Flights
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.states import HOLDING, State
 from holdsvc.embedded_redis import recorded_url
 from holdsvc.http import bodies
+from holdsvc.http.views import booking_view, flight_view
+from holdsvc.metrics import Metrics
 from holdsvc.seats.holds import HoldStore, connect_hold_store
 from holdsvc.settings import EXIT_DIFFERENCES, EXIT_FAILED, EXIT_NO_REDIS, EXIT_NO_SERVICE, Settings
 from persistence.sqlite_store import SqlStore
@@ -125,22 +128,32 @@ async def migrate(settings: Settings) -> int:
     return 0
 
 
-async def status(settings: Settings) -> int:
+async def status(settings: Settings, as_json: bool = False) -> int:
     async with _open(settings, need_redis=False) as h:
         counts = await h.store.count_by_state()
         flights = await h.flights.all()
+        live: int | None = None
         if h.holds is not None:
-            live: object = await h.holds.live_holds([f.id for f in flights])
+            live = await h.holds.live_holds([f.id for f in flights])
             info = await h.holds.redis.info("server")
             where = urlparse(redis_url(settings))
-            version = info.get("redis_version", "?")
-            print(f"redis        ok ({version}, {where.hostname}:{where.port})")
+            redis_line = f"ok ({info.get('redis_version', '?')}, {where.hostname}:{where.port})"
         else:
-            live = "unknown (no Redis)"
-            print(f"redis        unavailable: {h.redis_problem}")
+            redis_line = f"unavailable: {h.redis_problem}"
+        if as_json:
+            report = {
+                "redis": redis_line,
+                "sql": f"ok ({settings.db_path})",
+                "flights": len(flights),
+                "live_holds": live,
+                "bookings": {state.value: counts.get(state.value, 0) for state in State},
+            }
+            print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+            return h.redis_problem.code if h.redis_problem else 0
+        print(f"redis        {redis_line}")
         print(f"sql          ok ({settings.db_path})")
         print(f"flights      {len(flights)}")
-        print(f"live holds   {live}")
+        print(f"live holds   {live if live is not None else 'unknown (no Redis)'}")
         for state in State:
             print(f"{state.value:<16} {counts.get(state.value, 0)}")
         return h.redis_problem.code if h.redis_problem else 0
@@ -216,32 +229,79 @@ async def flights_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def flights_list(settings: Settings) -> int:
+async def flights_list(settings: Settings, as_json: bool = False) -> int:
     async with _open(settings, need_redis=False) as h:
         flights = await h.flights.all()
-        free: list[object] = ["?"] * len(flights)
+        free: list[int | None] = [None] * len(flights)
         if h.holds is not None:
             free = list(await h.holds.free_counts([(f.id, f.seats) for f in flights]))
-        for f, n in zip(flights, free, strict=True):
-            r = f.record
-            print(
-                f"{r.id:>5} {r.flight_number:<8} {r.origin}-{r.destination} {r.departure_time}"
-                f"  {n}/{len(f.seats)} free  {r.price} {r.currency}"
-            )
-        print(f"{len(flights)} flights")
+        if as_json:
+            views = [flight_view(f, n) for f, n in zip(flights, free, strict=True)]
+            print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
+        else:
+            for f, n in zip(flights, free, strict=True):
+                r = f.record
+                print(
+                    f"{r.id:>5} {r.flight_number:<8} {r.origin}-{r.destination}"
+                    f" {r.departure_time}  {'?' if n is None else n}/{len(f.seats)} free"
+                    f"  {r.price} {r.currency}"
+                )
+            print(f"{len(flights)} flights")
         if h.redis_problem is not None:
             print(f"free seats unknown: {h.redis_problem}", file=sys.stderr)
             return h.redis_problem.code
     return 0
 
 
+async def bookings_show(settings: Settings, args: argparse.Namespace) -> int:
+    """Through the domain, as GET /api/bookings/{id}/ reads it: SQL first, then the hold's
+    Redis record (so a hold that Redis alone has is shown too, while Redis answers)."""
+    async with _open(settings, need_redis=False) as h:
+        booking_id: str = args.booking_id
+        booking = await h.store.get_booking(booking_id)
+        if booking is None and h.holds is not None:
+            restorer = Restorer(h.holds, h.store, h.flights)
+            domain = Bookings(settings, h.store, h.holds, h.flights, restorer, Metrics())
+            try:
+                booking = await domain.get(booking_id)
+            except NotFound:
+                booking = None
+        if booking is None:
+            where = "SQL" if h.redis_problem is not None else "SQL or Redis"
+            raise AdminError(f"booking {booking_id} not found in {where}")
+        history = await h.store.transitions_of(booking_id)
+        if args.json:
+            view = booking_view(booking)
+            view["history"] = [{"from": f, "to": t, "cause": c} for f, t, c in history]
+            print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
+        else:
+            b = booking
+            print(f"booking      {b.id}")
+            print(f"state        {b.state}")
+            print(f"flight       {b.flight_id}")
+            print(f"user         {b.user_id}")
+            print(f"seats        {', '.join(b.seats)}")
+            print(f"amount       {b.amount} {b.currency}")
+            if b.payment is not None:
+                print(f"payment      {b.payment.status} ({b.payment.payment_id or 'no id yet'})")
+            if not b.in_sql:
+                print("history      held in Redis only (SQL has it from its first money step)")
+            for f, t, c in history:
+                print(f"history      {f} -> {t} ({c})")
+        if h.redis_problem is not None:
+            print(f"redis unavailable: {h.redis_problem}", file=sys.stderr)
+            return h.redis_problem.code
+    return 0
+
+
 def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
     commands = {
-        "status": lambda: status(settings),
+        "status": lambda: status(settings, args.json),
         "audit": lambda: audit(settings),
         "flights create": lambda: flights_create(settings, args),
-        "flights list": lambda: flights_list(settings),
+        "flights list": lambda: flights_list(settings, args.json),
         "migrate": lambda: migrate(settings),
+        "bookings show": lambda: bookings_show(settings, args),
     }
     try:
         return asyncio.run(commands[command]())

@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     _service(persister)
     status = sub.add_parser("status", help="bookings per state, live holds, Redis and SQL health")
     _common(status)
+    status.add_argument("--json", action="store_true", help="one JSON object")
     audit = sub.add_parser(
         "audit",
         help="compare booked and held seats in Redis with SQL; exit 1 on any difference",
@@ -303,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--currency", required=True, help="e.g. INR")
     listing = actions.add_parser("list", help="list flights with their free seats")
     _common(listing)
+    listing.add_argument("--json", action="store_true", help="a JSON list, as the API's view")
+    bookings = sub.add_parser("bookings", help="look up bookings")
+    booking_actions = bookings.add_subparsers(dest="action", required=True)
+    show = booking_actions.add_parser(
+        "show", help="one booking: state, seats, payment and its history"
+    )
+    _common(show)
+    show.add_argument("booking_id", help="the booking's id")
+    show.add_argument("--json", action="store_true", help="one JSON object, as the API's view")
     migrate = sub.add_parser(
         "migrate",
         help="bring the database's schema to this version (serve does it at start-up too)",

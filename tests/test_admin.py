@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -125,9 +126,25 @@ async def test_status_and_flights_list_answer_from_sql_when_the_service_is_down(
             booking = (await resp.json())["id"]
         async with http.post(f"{node.base}/api/bookings/{booking}/pay/") as resp:
             assert resp.status == 200
+        async with http.post(
+            f"{node.base}/api/bookings/",
+            json={"flight_id": flight, "user_id": "u2", "seats": ["2A"]},
+        ) as resp:
+            held = (await resp.json())["id"]
     # The flags before the command's name, as an operator types them.
     up = admin("--data-dir", str(data), "status")
     assert up.returncode == 0 and "redis        ok" in up.stdout, up.stdout + up.stderr
+    report = json.loads(admin("status", "--json", "--data-dir", str(data)).stdout)
+    assert report["live_holds"] == 1 and report["bookings"]["CONFIRMED"] == 1, report
+    shown = admin("bookings", "show", booking, "--data-dir", str(data))
+    assert shown.returncode == 0, shown.stderr
+    assert "state        CONFIRMED" in shown.stdout
+    assert "history      PAYMENT_PENDING -> CONFIRMED (payment-captured)" in shown.stdout
+    # A hold that only Redis has yet is read through the domain, as GET reads it.
+    as_json = json.loads(admin("bookings", "show", held, "--json", "--data-dir", str(data)).stdout)
+    assert as_json["state"] == "SEAT_HELD" and as_json["seats"] == ["2A"], as_json
+    missing = admin("bookings", "show", "nope.1", "--data-dir", str(data))
+    assert missing.returncode == 2 and "not found in SQL or Redis" in missing.stderr
     node.stop()
 
     # The service (and its embedded Redis) stopped: SQL still answers, exit 4.
@@ -138,6 +155,11 @@ async def test_status_and_flights_list_answer_from_sql_when_the_service_is_down(
     listed = admin("flights", "list", "--data-dir", str(data))
     assert listed.returncode == 4 and "?/10 free" in listed.stdout, listed.stdout
     assert "1 flights" in listed.stdout
+    [view] = json.loads(admin("flights", "list", "--json", "--data-dir", str(data)).stdout)
+    assert view["seats_available"] is None and view["seats_total"] == 10
+    # A booking SQL has is shown from SQL alone; the exit code says Redis was not asked.
+    offline = admin("bookings", "show", booking, "--data-dir", str(data))
+    assert offline.returncode == 4 and "state        CONFIRMED" in offline.stdout
     # A Redis named but not answering is another exit code.
     dead = admin("status", "--data-dir", str(data), "--redis-url", "redis://127.0.0.1:9/0")
     assert dead.returncode == 3 and "does not answer" in dead.stdout, dead.stdout
