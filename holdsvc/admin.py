@@ -21,9 +21,11 @@ from redis.exceptions import RedisError
 from holdsvc.domain.bookings import Bookings
 from holdsvc.domain.errors import DomainError, NotFound
 from holdsvc.domain.flights import Flights
+from holdsvc.domain.payments import Payments
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.states import HOLDING, State
 from holdsvc.embedded_redis import recorded_url
+from holdsvc.gateway import MockGateway
 from holdsvc.http import bodies
 from holdsvc.http.views import booking_view, flight_view
 from holdsvc.metrics import Metrics
@@ -294,6 +296,31 @@ async def bookings_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def bookings_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    """POST /api/bookings/{id}/cancel/ (and refund/) by the same domain code, so the same
+    transition table and the same once-only refund hold; a refused move is one line, exit 2."""
+    async with _open(settings) as h:
+        assert h.holds is not None  # opened with Redis required
+        restorer = Restorer(h.holds, h.store, h.flights)
+        bookings = Bookings(settings, h.store, h.holds, h.flights, restorer, Metrics())
+        gateway = MockGateway(settings.gateway_ledger_path)
+        try:
+            booking = await bookings.get(args.booking_id)
+            if booking.state != State.CANCELLED.value or not args.refund:
+                booking = await bookings.cancel(args.booking_id)
+                print(f"booking {booking.id}: {booking.state}")
+            if args.refund:
+                payments = Payments(settings, h.store, h.holds, bookings, gateway)
+                booking = await payments.refund(args.booking_id)
+                print(f"booking {booking.id}: {booking.state}")
+        except DomainError as exc:
+            raise AdminError(exc.message) from exc
+        finally:
+            await bookings.close()
+            await gateway.close()
+    return 0
+
+
 def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
     commands = {
         "status": lambda: status(settings, args.json),
@@ -302,6 +329,7 @@ def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
         "flights list": lambda: flights_list(settings, args.json),
         "migrate": lambda: migrate(settings),
         "bookings show": lambda: bookings_show(settings, args),
+        "bookings cancel": lambda: bookings_cancel(settings, args),
     }
     try:
         return asyncio.run(commands[command]())

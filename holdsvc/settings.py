@@ -313,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(show)
     show.add_argument("booking_id", help="the booking's id")
     show.add_argument("--json", action="store_true", help="one JSON object, as the API's view")
+    cancel = booking_actions.add_parser(
+        "cancel", help="cancel a booking as POST .../cancel/ does; --refund refunds it too"
+    )
+    _common(cancel)
+    cancel.add_argument("booking_id", help="the booking's id")
+    cancel.add_argument(
+        "--refund", action="store_true", help="then refund its captured payment, once"
+    )
     migrate = sub.add_parser(
         "migrate",
         help="bring the database's schema to this version (serve does it at start-up too)",

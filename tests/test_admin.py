@@ -145,6 +145,36 @@ async def test_status_and_flights_list_answer_from_sql_when_the_service_is_down(
     assert as_json["state"] == "SEAT_HELD" and as_json["seats"] == ["2A"], as_json
     missing = admin("bookings", "show", "nope.1", "--data-dir", str(data))
     assert missing.returncode == 2 and "not found in SQL or Redis" in missing.stderr
+
+    # Cancel and refund by the domain's rules: a hold released, a paid booking refunded once.
+    released = admin("bookings", "cancel", held, "--data-dir", str(data))
+    assert released.returncode == 0 and released.stdout.strip() == f"booking {held}: CANCELLED"
+    again = admin("bookings", "cancel", held, "--data-dir", str(data))
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "Invalid state transition from CANCELLED to CANCELLED" in again.stderr
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{node.base}/api/bookings/",
+            json={"flight_id": flight, "user_id": "u3", "seats": ["2B"]},
+        ) as resp:
+            paid = (await resp.json())["id"]
+        async with http.post(f"{node.base}/api/bookings/{paid}/pay/") as resp:
+            assert resp.status == 200
+        refunded = admin("bookings", "cancel", paid, "--refund", "--data-dir", str(data))
+        assert refunded.returncode == 0, refunded.stdout + refunded.stderr
+        assert refunded.stdout.split() == [
+            "booking",
+            f"{paid}:",
+            "CANCELLED",
+            "booking",
+            f"{paid}:",
+            "REFUNDED",
+        ]
+        twice = admin("bookings", "cancel", paid, "--refund", "--data-dir", str(data))
+        assert twice.returncode == 2 and "from REFUNDED" in twice.stderr, twice.stderr
+        async with http.get(f"{node.base}/api/bookings/{paid}/") as resp:
+            view = await resp.json()
+        assert view["state"] == "REFUNDED" and view["payment"]["status"] == "refunded", view
     node.stop()
 
     # The service (and its embedded Redis) stopped: SQL still answers, exit 4.
