@@ -17,6 +17,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from persistence.outage import Outage
+
 log = logging.getLogger(__name__)
 
 OnExpired = Callable[[list[bytes]], Awaitable[None]]
@@ -45,6 +47,7 @@ class Persister:
         self._on_subscribed = on_subscribed
         self.subscribed = asyncio.Event()
         self.subscriptions = 0
+        self._outage = Outage(log, f"the persister's subscription to {self._channel}")
 
     async def run(self) -> None:
         """Consume until cancelled, resubscribing after every lost connection."""
@@ -53,15 +56,14 @@ class Persister:
             try:
                 await pubsub.subscribe(self._channel)
                 self.subscriptions += 1
-                if self.subscriptions > 1:
-                    log.warning("persister resubscribed to %s", self._channel)
+                self._outage.ok()
                 self.subscribed.set()
                 if self._on_subscribed is not None:
                     await self._on_subscribed()
                 await self._consume(pubsub)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.subscribed.clear()
-                log.warning("persister lost its subscription: %s", exc)
+                self._outage.failed(exc)
                 await asyncio.sleep(RECONNECT_DELAY_S)
             except Exception:
                 # Anything else (a SQL error in the resubscribe sweep) must not end the task.

@@ -8,6 +8,9 @@ import logging
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.store import BookingStore
 from holdsvc.seats.holds import HoldStore
+from persistence.outage import Outage
+
+__all__ = ["Health", "Outage"]
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import time
 from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.payments import PaymentRecovery
 from holdsvc.domain.restore import Restorer
+from persistence.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ async def run_sweeper(
     SQL: it reads every seat of every flight, so it runs far less often than the sweep.
     """
     last_reconcile = time.monotonic()
+    outage = Outage(log, "sweep rounds")
     while True:
         await asyncio.sleep(interval)
         try:
@@ -55,4 +57,6 @@ async def run_sweeper(
                 last_reconcile = time.monotonic()
                 await restorer.reconcile_all()
         except Exception as exc:
-            log.warning("sweep round failed: %s", exc)
+            outage.failed(exc)
+        else:
+            outage.ok()

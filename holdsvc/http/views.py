@@ -17,6 +17,7 @@ from holdsvc.domain.bookings import CANCELLED
 from holdsvc.domain.errors import DomainError
 from holdsvc.domain.flights import CREATED as FLIGHT_CREATED
 from holdsvc.domain.flights import Flight
+from holdsvc.domain.health import Outage
 from holdsvc.domain.payments import CONFIRMED as PAY_CONFIRMED
 from holdsvc.domain.payments import DECLINED as PAY_DECLINED
 from holdsvc.domain.payments import REFUNDED
@@ -130,12 +131,17 @@ def redis_unavailable(exc: Exception) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT)
 
 
+# Requests see only failures, so after its first line this says "still failing" every 10 s;
+# the sweeper's and the persister's lines say when Redis works again.
+_REDIS_OUTAGE = Outage(log, "Redis, as requests see it")
+
+
 def error_response(exc: Exception) -> web.Response:
     """The JSON answer for any exception a handler raised; 500s say nothing of the cause."""
     if isinstance(exc, DomainError):
         return json_response(exc.body(), exc.status, exc.headers or None)
     if redis_unavailable(exc):
-        log.warning("Redis unavailable: %s", exc)
+        _REDIS_OUTAGE.failed(exc)
         return json_response(
             {"error": "Seat store (Redis) unavailable; retry shortly"}, 503, {"Retry-After": "1"}
         )
