@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import Awaitable, Callable
@@ -123,3 +124,31 @@ async def test_liveness_and_readiness_are_told_apart(
     await client.app[RESTORER].check()
     assert (await client.get("/readyz")).status == 200
     assert (await hold(client, flight["id"], ["1A"]))["state"] == "SEAT_HELD"
+
+
+async def test_a_redis_outage_is_logged_once_and_its_end_with_how_long(
+    tmp_path: Path, redis_server: EmbeddedRedis, services: Callable[..., ServiceProcess]
+) -> None:
+    node = services(["--redis-url", redis_server.url, "--db", str(tmp_path / "db.sqlite3")])
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{node.base}/api/flights/", json=SMALL_FLIGHT) as resp:
+            flight = (await resp.json())["id"]
+        redis_server.kill(signal.SIGKILL)
+        for _ in range(15):
+            async with http.post(
+                f"{node.base}/api/bookings/",
+                json={"flight_id": flight, "user_id": "u", "seats": ["1A"]},
+            ) as resp:
+                assert resp.status == 503
+            await asyncio.sleep(0.1)
+        redis_server.start()
+
+        async def back() -> bool:
+            return "sweep rounds: works again after" in node.output
+
+        await eventually(back, timeout=10)
+    output = node.output
+    # One line each when it started failing, however many requests and rounds failed.
+    assert output.count("Redis, as requests see it: failing") == 1, output
+    assert output.count("sweep rounds: failing") == 1, output
+    assert output.count("Redis unavailable") == 0 and output.count("still failing") == 0
