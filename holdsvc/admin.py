@@ -296,6 +296,28 @@ async def bookings_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def bookings_list(settings: Settings, args: argparse.Namespace) -> int:
+    if args.state is not None and args.state not in {s.value for s in State}:
+        raise AdminError(f"state must be one of {', '.join(s.value for s in State)}")
+    if not 1 <= args.limit <= 10_000:
+        raise AdminError("limit must be 1..10000")
+    async with _open(settings, need_redis=False) as h:
+        found = await h.store.find_bookings(user_id=args.user, state=args.state, limit=args.limit)
+        if args.json:
+            print(
+                orjson.dumps([booking_view(b) for b in found], option=orjson.OPT_INDENT_2).decode()
+            )
+        else:
+            for b in found:
+                seats = ",".join(b.seats)
+                print(
+                    f"{b.id}  {b.state:<16} flight {b.flight_id}  {b.user_id}  {seats}"
+                    f"  {b.amount} {b.currency}"
+                )
+            print(f"{len(found)} bookings (SQL's: a hold enters SQL at its first money step)")
+    return 0
+
+
 async def bookings_cancel(settings: Settings, args: argparse.Namespace) -> int:
     """POST /api/bookings/{id}/cancel/ (and refund/) by the same domain code, so the same
     transition table and the same once-only refund hold; a refused move is one line, exit 2."""
@@ -330,6 +352,7 @@ def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
         "migrate": lambda: migrate(settings),
         "bookings show": lambda: bookings_show(settings, args),
         "bookings cancel": lambda: bookings_cancel(settings, args),
+        "bookings list": lambda: bookings_list(settings, args),
     }
     try:
         return asyncio.run(commands[command]())

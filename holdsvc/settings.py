@@ -313,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(show)
     show.add_argument("booking_id", help="the booking's id")
     show.add_argument("--json", action="store_true", help="one JSON object, as the API's view")
+    listed = booking_actions.add_parser(
+        "list", help="SQL's bookings, newest first (a hold enters SQL at its first money step)"
+    )
+    _common(listed)
+    listed.add_argument("--user", help="only this user's")
+    listed.add_argument("--state", help="only in this state, e.g. CONFIRMED")
+    listed.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listed.add_argument("--json", action="store_true", help="a JSON list, as the API's view")
     cancel = booking_actions.add_parser(
         "cancel", help="cancel a booking as POST .../cancel/ does; --refund refunds it too"
     )

@@ -302,6 +302,19 @@ class SqlStore(SqliteKeys):
                 booked.append(row[-1])
         return {bid: booking_of(row, seats[bid]) for bid, row in first.items()}
 
+    async def find_bookings(
+        self, *, user_id: str | None = None, state: str | None = None, limit: int = 50
+    ) -> list[BookingRecord]:
+        """SQL's bookings of a user and/or in a state, newest first (the admin CLI's list)."""
+        async with self._query(
+            "SELECT id FROM bookings WHERE (? IS NULL OR user_id = ?) AND (? IS NULL OR state = ?)"
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            (user_id, user_id, state, state, limit),
+        ) as cur:
+            ids = [row[0] for row in await cur.fetchall()]
+        found = await self._get_bookings(dict.fromkeys(ids)) if ids else {}
+        return [found[bid] for bid in ids if bid in found]
+
     async def unsettled_payments(
         self, deadline_before_ms: int, touched_before_ms: int, limit: int
     ) -> list[str]:

@@ -175,6 +175,18 @@ async def test_status_and_flights_list_answer_from_sql_when_the_service_is_down(
         async with http.get(f"{node.base}/api/bookings/{paid}/") as resp:
             view = await resp.json()
         assert view["state"] == "REFUNDED" and view["payment"]["status"] == "refunded", view
+    # SQL's bookings by user and by state; the released hold was written CANCELLED.
+    mine = admin("bookings", "list", "--user", "u3", "--data-dir", str(data))
+    assert mine.returncode == 0 and paid in mine.stdout and booking not in mine.stdout
+    assert mine.stdout.strip().endswith(
+        "1 bookings (SQL's: a hold enters SQL at its first money step)"
+    )
+    cancelled = json.loads(
+        admin("bookings", "list", "--state", "CANCELLED", "--json", "--data-dir", str(data)).stdout
+    )
+    assert [b["id"] for b in cancelled] == [held], cancelled
+    bad = admin("bookings", "list", "--state", "GONE", "--data-dir", str(data))
+    assert bad.returncode == 2 and "state must be one of" in bad.stderr
     node.stop()
 
     # The service (and its embedded Redis) stopped: SQL still answers, exit 4.
