@@ -22,6 +22,12 @@ from holdsvc import free_port
 HERE = Path(__file__).resolve().parent
 LETTERS = "ABCDEFGHIJKL"
 ROWS = 150
+# The flights both HTTP scenarios create: 1,800 seats each.
+_FLIGHT = (
+    b'{"flight_number":"BX1","origin":"DEL","destination":"BOM",'
+    b'"departure_time":"2026-12-01T09:30:00Z","rows":150,"seat_letters":"ABCDEFGHIJKL",'
+    b'"price":"10.00","currency":"INR"}'
+)
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -126,13 +132,8 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
         _wait_listening(hold_port, service)
         _wait_listening(noop_port, noop)
         _wait_listening(bare_port, bare)
-        flight = (
-            b'{"flight_number":"BX1","origin":"DEL","destination":"BOM",'
-            b'"departure_time":"2026-12-01T09:30:00Z","rows":150,"seat_letters":"ABCDEFGHIJKL",'
-            b'"price":"10.00","currency":"INR"}'
-        )
         ids = [
-            _post(f"http://127.0.0.1:{hold_port}/api/flights/", flight)["id"]
+            _post(f"http://127.0.0.1:{hold_port}/api/flights/", _FLIGHT)["id"]
             for _ in range(flights)
         ]
         assert ids == list(range(1, flights + 1)), ids
@@ -190,13 +191,6 @@ def http_holds(redis_url: str, workdir: Path, seconds: int, flights: int) -> dic
             "hold": best_result,
         },
     }
-
-
-_FLIGHT = (
-    b'{"flight_number":"BX1","origin":"DEL","destination":"BOM",'
-    b'"departure_time":"2026-12-01T09:30:00Z","rows":150,"seat_letters":"ABCDEFGHIJKL",'
-    b'"price":"10.00","currency":"INR"}'
-)
 
 
 def _both_listening(port: int, workers: int, timeout: float = 30) -> None:

@@ -60,6 +60,19 @@ class _Handles:
     # Why there is no Redis to ask, when there is none.
     redis_problem: AdminError | None = None
 
+    def bookings(self, settings: Settings) -> Bookings:
+        """The domain's bookings over these handles, as the service builds them."""
+        assert self.holds is not None  # only when Redis answers
+        restorer = Restorer(self.holds, self.store, self.flights)
+        return Bookings(settings, self.store, self.holds, self.flights, restorer, Metrics())
+
+    def exit_code(self, unknown: str) -> int:
+        """0, or the code of the missing Redis, said on stderr with what it left unknown."""
+        if self.redis_problem is None:
+            return 0
+        print(f"{unknown}: {self.redis_problem}", file=sys.stderr)
+        return self.redis_problem.code
+
 
 def redis_url(settings: Settings) -> str:
     if settings.redis_url is not None:
@@ -249,10 +262,7 @@ async def flights_list(settings: Settings, as_json: bool = False) -> int:
                     f"  {r.price} {r.currency}"
                 )
             print(f"{len(flights)} flights")
-        if h.redis_problem is not None:
-            print(f"free seats unknown: {h.redis_problem}", file=sys.stderr)
-            return h.redis_problem.code
-    return 0
+        return h.exit_code("free seats unknown")
 
 
 async def bookings_show(settings: Settings, args: argparse.Namespace) -> int:
@@ -262,10 +272,8 @@ async def bookings_show(settings: Settings, args: argparse.Namespace) -> int:
         booking_id: str = args.booking_id
         booking = await h.store.get_booking(booking_id)
         if booking is None and h.holds is not None:
-            restorer = Restorer(h.holds, h.store, h.flights)
-            domain = Bookings(settings, h.store, h.holds, h.flights, restorer, Metrics())
             try:
-                booking = await domain.get(booking_id)
+                booking = await h.bookings(settings).get(booking_id)
             except NotFound:
                 booking = None
         if booking is None:
@@ -290,10 +298,7 @@ async def bookings_show(settings: Settings, args: argparse.Namespace) -> int:
                 print("history      held in Redis only (SQL has it from its first money step)")
             for f, t, c in history:
                 print(f"history      {f} -> {t} ({c})")
-        if h.redis_problem is not None:
-            print(f"redis unavailable: {h.redis_problem}", file=sys.stderr)
-            return h.redis_problem.code
-    return 0
+        return h.exit_code("Redis not asked")
 
 
 async def bookings_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -323,8 +328,7 @@ async def bookings_cancel(settings: Settings, args: argparse.Namespace) -> int:
     transition table and the same once-only refund hold; a refused move is one line, exit 2."""
     async with _open(settings) as h:
         assert h.holds is not None  # opened with Redis required
-        restorer = Restorer(h.holds, h.store, h.flights)
-        bookings = Bookings(settings, h.store, h.holds, h.flights, restorer, Metrics())
+        bookings = h.bookings(settings)
         gateway = MockGateway(settings.gateway_ledger_path)
         try:
             booking = await bookings.get(args.booking_id)

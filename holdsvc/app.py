@@ -28,8 +28,8 @@ from holdsvc.domain.seatmap import SeatMap
 from holdsvc.domain.sweeper import run_sweeper, sweep_round
 from holdsvc.embedded_redis import (
     EmbeddedRedis,
-    EmbeddedRedisError,
-    RestartBudget,
+    Keeper,
+    Revival,
     find_binary,
     forget_url,
     record_url,
@@ -148,33 +148,19 @@ async def _keep_alive(app: web.Application, server: EmbeddedRedis) -> None:
     503; the hold script refuses a flight whose marker is from the earlier run, so none is
     served from the new process before its flight is restored. Past --redis-restarts within
     a minute, the service stops itself and exits 1."""
-    budget = RestartBudget(app[k.SETTINGS].redis_restarts)
+    keeper = Keeper(server, app[k.SETTINGS].redis_restarts)
     while True:
         await asyncio.sleep(REVIVE_EVERY_S)
-        if server.process is None or server.process.poll() is None:
-            continue
-        if not budget.take(time.monotonic()):
-            reason = (
-                f"the embedded Redis died {budget.limit + 1} times within a minute"
-                f" (see {server.logfile}): giving up"
-            )
-            log.critical("%s", reason)
-            app[k.GAVE_UP] = reason
+        revival = await asyncio.to_thread(keeper.check)
+        if revival is Revival.GAVE_UP:
+            assert keeper.gave_up is not None
+            app[k.GAVE_UP] = keeper.gave_up
             os.kill(os.getpid(), signal.SIGTERM)  # a graceful stop, then exit 1
             return
-        pid = server.process.pid
-        try:
-            code = await asyncio.to_thread(server.revive)
-        except EmbeddedRedisError as exc:
-            log.error("starting the embedded Redis again failed: %s", exc)
+        if revival is Revival.FAILED:
             await asyncio.sleep(1.0)
+        if revival is not Revival.RESTARTED:
             continue
-        if code is None:
-            continue
-        log.error(
-            "the embedded Redis (pid %s) exited with %s: started again on port %d (pid %s)",
-            pid, code, server.port, server.process.pid if server.process else None,
-        )  # fmt: skip
         restorer = app.get(k.RESTORER)
         if restorer is not None:
             try:

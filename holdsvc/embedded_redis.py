@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import enum
 import logging
 import shutil
 import signal
@@ -123,26 +124,6 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-RESTART_WINDOW_S = 60.0
-
-
-class RestartBudget:
-    """At most ``limit`` restarts within a minute: a server that keeps dying is given up on,
-    so whatever runs holdsvc (systemd, a container runtime) can act."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._times: collections.deque[float] = collections.deque()
-
-    def take(self, now: float) -> bool:
-        while self._times and now - self._times[0] > RESTART_WINDOW_S:
-            self._times.popleft()
-        if len(self._times) >= self.limit:
-            return False
-        self._times.append(now)
-        return True
 
 
 class EmbeddedRedis:
@@ -257,3 +238,57 @@ class EmbeddedRedis:
         if not text.strip() and self.logfile.exists():
             text = self.logfile.read_text("utf-8", "replace")
         return " | ".join(text.strip().splitlines()[-3:]) or "no output"
+
+
+RESTART_WINDOW_S = 60.0
+
+
+class Revival(enum.Enum):
+    RUNNING = "running"
+    RESTARTED = "restarted"
+    FAILED = "failed"
+    GAVE_UP = "gave up"
+
+
+class Keeper:
+    """Starts an embedded server that died again, on its port and from its AOF, at most
+    ``limit`` times within a minute: one that keeps dying is given up on, so whatever runs
+    holdsvc (systemd, a container runtime) can act. Used by `serve` and by the workers'
+    supervisor alike."""
+
+    def __init__(self, server: EmbeddedRedis, limit: int) -> None:
+        self.server = server
+        self.limit = limit
+        self._restarts: collections.deque[float] = collections.deque()
+        # Why it was given up on, once it is.
+        self.gave_up: str | None = None
+
+    def check(self) -> Revival:
+        process = self.server.process
+        if self.gave_up is not None:
+            return Revival.GAVE_UP
+        if process is None or process.poll() is None:
+            return Revival.RUNNING
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.limit:
+            self.gave_up = (
+                f"the embedded Redis died {self.limit + 1} times within a minute"
+                f" (see {self.server.logfile}): giving up"
+            )
+            log.critical("%s", self.gave_up)
+            return Revival.GAVE_UP
+        self._restarts.append(now)
+        pid, code = process.pid, process.returncode
+        try:
+            self.server.revive()
+        except EmbeddedRedisError as exc:
+            log.error("starting the embedded Redis again failed: %s", exc)
+            return Revival.FAILED
+        new = self.server.process.pid if self.server.process is not None else None
+        log.error(
+            "the embedded Redis (pid %s) exited with %s: started again on port %d (pid %s)",
+            pid, code, self.server.port, new,
+        )  # fmt: skip
+        return Revival.RESTARTED

@@ -30,8 +30,8 @@ from types import FrameType
 
 from holdsvc.embedded_redis import (
     EmbeddedRedis,
-    EmbeddedRedisError,
-    RestartBudget,
+    Keeper,
+    Revival,
     die_with_parent,
     find_binary,
     forget_url,
@@ -83,7 +83,7 @@ class Supervisor:
         self.settings = settings
         self._stopping = False
         self._redis: EmbeddedRedis | None = None
-        self._budget = RestartBudget(settings.redis_restarts)
+        self._keeper: Keeper | None = None
         self.gave_up: str | None = None
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
@@ -100,6 +100,7 @@ class Supervisor:
             s.data_dir / "redis", binary=find_binary(s.redis_server), fsync=s.redis_fsync
         )
         self._redis.start()
+        self._keeper = Keeper(self._redis, s.redis_restarts)
         record_url(s.data_dir, self._redis.url)
         return self._redis.url
 
@@ -149,27 +150,11 @@ class Supervisor:
     def _keep_redis(self) -> None:
         """Start the embedded Redis again if it died; the workers restore their flights into
         it (the hold script refuses a marker from the earlier run until they have)."""
-        redis = self._redis
-        if redis is None or self._stopping or redis.process is None:
+        if self._keeper is None or self._stopping:
             return
-        if redis.process.poll() is None:
-            return
-        if not self._budget.take(time.monotonic()):
-            self.gave_up = (
-                f"the embedded Redis died {self._budget.limit + 1} times within a minute"
-                f" (see {redis.logfile}): giving up"
-            )
-            log.critical("%s", self.gave_up)
+        if self._keeper.check() is Revival.GAVE_UP:
+            self.gave_up = self._keeper.gave_up
             self._stopping = True
-            return
-        try:
-            code = redis.revive()
-        except EmbeddedRedisError as exc:
-            log.error("starting the embedded Redis again failed: %s", exc)
-            return
-        if code is not None:
-            log.error("the embedded Redis exited with %s: started again on port %d", code,
-                      redis.port)  # fmt: skip
 
     def _keep(self, child: _Child) -> None:
         """Restart a child that exited, after a pause if it had only just started."""

@@ -167,3 +167,35 @@ async def insert_held(
         booking, HELD, supersede or move(State.EXPIRED, "superseded")
     )
     return superseded
+
+
+async def children_of(pid: int, named: str | None = None) -> list[int]:
+    """The process ids of ``pid``'s children (whose command line matches ``named``)."""
+    match = ["-f", named] if named else []
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        ["pgrep", "-P", str(pid), *match], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return [int(p) for p in listed.stdout.split()]
+
+
+# A service's embedded Redis, among its children.
+REDIS_SERVER = "valkey-server|redis-server"
+
+
+async def paid_over_http(
+    http: Any, base: str, seats: list[str], flight: dict[str, Any] = SMALL_FLIGHT
+) -> tuple[int, str, dict[str, Any]]:
+    """A new flight of a service process, and a booking of ``seats`` on it held and paid:
+    (flight id, booking id, the pay's answer)."""
+    async with http.post(f"{base}/api/flights/", json=flight) as resp:
+        assert resp.status == 201, await resp.text()
+        flight_id = int((await resp.json())["id"])
+    async with http.post(
+        f"{base}/api/bookings/", json={"flight_id": flight_id, "user_id": "u1", "seats": seats}
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        booking_id = str((await resp.json())["id"])
+    async with http.post(f"{base}/api/bookings/{booking_id}/pay/") as resp:
+        assert resp.status == 200, await resp.text()
+        return flight_id, booking_id, await resp.json()

@@ -12,7 +12,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from holdsvc.embedded_redis import EmbeddedRedis
-from tests.helpers import SMALL_FLIGHT, ServiceProcess
+from tests.helpers import ServiceProcess, paid_over_http
 
 
 def admin(*args: str) -> subprocess.CompletedProcess[str]:
@@ -117,15 +117,7 @@ async def test_status_and_flights_list_answer_from_sql_when_the_service_is_down(
     data = tmp_path / "data"
     node = services(["--data-dir", str(data)])
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{node.base}/api/flights/", json=SMALL_FLIGHT) as resp:
-            flight = (await resp.json())["id"]
-        async with http.post(
-            f"{node.base}/api/bookings/",
-            json={"flight_id": flight, "user_id": "u1", "seats": ["1A"]},
-        ) as resp:
-            booking = (await resp.json())["id"]
-        async with http.post(f"{node.base}/api/bookings/{booking}/pay/") as resp:
-            assert resp.status == 200
+        flight, booking, _ = await paid_over_http(http, node.base, ["1A"])
         async with http.post(
             f"{node.base}/api/bookings/",
             json={"flight_id": flight, "user_id": "u2", "seats": ["2A"]},

@@ -8,7 +8,6 @@ import random
 import re
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,13 @@ import aiohttp
 from redis.asyncio import Redis
 
 from holdsvc.embedded_redis import EmbeddedRedis
-from tests.helpers import SMALL_FLIGHT, ServiceProcess
+from tests.helpers import (
+    REDIS_SERVER,
+    SMALL_FLIGHT,
+    ServiceProcess,
+    children_of,
+    paid_over_http,
+)
 from tests.invariants import check_invariants
 
 
@@ -63,16 +68,7 @@ async def test_confirmed_bookings_survive_a_service_restart(
     args = ["--redis-url", redis_server.url, "--db", str(tmp_path / "db.sqlite3")]
     first = services(args)
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{first.base}/api/flights/", json=SMALL_FLIGHT) as resp:
-            flight_id = (await resp.json())["id"]
-        async with http.post(
-            f"{first.base}/api/bookings/",
-            json={"flight_id": flight_id, "user_id": "u1", "seats": ["1C"]},
-        ) as resp:
-            bid = (await resp.json())["id"]
-        async with http.post(f"{first.base}/api/bookings/{bid}/pay/") as resp:
-            assert resp.status == 200
-            confirmed = await resp.json()
+        flight_id, bid, confirmed = await paid_over_http(http, first.base, ["1C"])
         first.stop(signal.SIGTERM)
 
         second = services(args)
@@ -115,22 +111,9 @@ async def test_the_embedded_redis_killed_comes_back_and_holds_resume(
     url = (data / "redis.url").read_text().strip()
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{node.base}/api/flights/", json=SMALL_FLIGHT) as resp:
-            flight = (await resp.json())["id"]
-        async with http.post(
-            f"{node.base}/api/bookings/",
-            json={"flight_id": flight, "user_id": "u1", "seats": ["1A"]},
-        ) as resp:
-            booking = (await resp.json())["id"]
-        async with http.post(f"{node.base}/api/bookings/{booking}/pay/") as resp:
-            assert resp.status == 200
+        flight, _, _ = await paid_over_http(http, node.base, ["1A"])
         assert node.proc is not None
-        listed = await asyncio.to_thread(
-            subprocess.run,
-            ["pgrep", "-P", str(node.proc.pid), "-f", "valkey-server|redis-server"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        [redis_pid] = [int(p) for p in listed.stdout.split()]
+        [redis_pid] = await children_of(node.proc.pid, REDIS_SERVER)
         os.kill(redis_pid, signal.SIGKILL)
         killed = time.monotonic()
 
@@ -170,12 +153,8 @@ async def test_an_embedded_redis_that_keeps_dying_is_given_up_on(
     # Its AOF made unreadable while it runs: every start from it fails from now on.
     [manifest] = (data / "redis" / "appendonlydir").glob("*.manifest")
     manifest.write_text("not a manifest\n")
-    listed = await asyncio.to_thread(
-        subprocess.run,
-        ["pgrep", "-P", str(node.proc.pid), "-f", "valkey-server|redis-server"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    os.kill(int(listed.stdout.split()[0]), signal.SIGKILL)
+    [redis_pid] = await children_of(node.proc.pid, REDIS_SERVER)
+    os.kill(redis_pid, signal.SIGKILL)
     code = await asyncio.to_thread(node.proc.wait, 30)
     assert code == 1, node.output
     lines = node.output.strip().splitlines()
@@ -223,12 +202,8 @@ async def test_the_embedded_redis_killed_under_hold_traffic(
         async def chaos() -> None:
             await asyncio.sleep(1.5)
             assert node.proc is not None
-            listed = await asyncio.to_thread(
-                subprocess.run,
-                ["pgrep", "-P", str(node.proc.pid), "-f", "valkey-server|redis-server"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            os.kill(int(listed.stdout.split()[0]), signal.SIGKILL)
+            [redis_pid] = await children_of(node.proc.pid, REDIS_SERVER)
+            os.kill(redis_pid, signal.SIGKILL)
 
         await asyncio.wait_for(asyncio.gather(chaos(), *(customer(n) for n in range(12))), 40)
         assert set(statuses) <= {200, 201, 409, 503}, statuses

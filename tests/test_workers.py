@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import ServiceProcess, eventually
+from tests.helpers import ServiceProcess, children_of, eventually
 
 WORKER = "X-Holdsvc-Worker"
 
@@ -46,18 +46,19 @@ async def _children(node: ServiceProcess, count: int) -> list[int]:
     """The supervisor's children once there are ``count`` of them (a child that died at its
     start is back within a second; the output says so)."""
     assert node.proc is not None
+    pid = node.proc.pid
     found: list[int] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        listed = await asyncio.to_thread(
-            subprocess.run,
-            ["pgrep", "-P", str(node.proc.pid)], capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        found = [int(p) for p in listed.stdout.split()]
-        if len(found) == count:
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{len(found)} children, not {count}:\n{node.output}")
+
+    async def all_up() -> bool:
+        nonlocal found
+        found = await children_of(pid)
+        return len(found) == count
+
+    try:
+        await eventually(all_up, timeout=10, interval=0.1)
+    except AssertionError:
+        raise AssertionError(f"{len(found)} children, not {count}:\n{node.output}") from None
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -119,15 +120,15 @@ async def test_two_workers_race_for_seats_survive_a_kill_and_stop_together(
 
         # A worker killed outright is started again; the other serves meanwhile.
         os.kill(int(pids["1"]), signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        replaced = False
-        while time.monotonic() < deadline and not replaced:
+
+        async def replaced() -> bool:
             try:
                 now = await _workers(http, node.base)
             except aiohttp.ClientError:
-                continue
-            replaced = now.get("1") not in (None, pids["1"])
-        assert replaced, "worker 1 was not started again"
+                return False
+            return now.get("1") not in (None, pids["1"])
+
+        await eventually(replaced, timeout=20, interval=0.1)
         after = await _all_workers(http, node.base, 2)
 
     # The seats SQL holds agree with Redis's, across both workers' writes.
