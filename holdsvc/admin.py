@@ -282,6 +282,7 @@ async def bookings_show(settings: Settings, args: argparse.Namespace) -> int:
         history = await h.store.transitions_of(booking_id)
         if args.json:
             view = booking_view(booking)
+            view["owner"] = booking.owner or None
             view["history"] = [{"from": f, "to": t, "cause": c} for f, t, c in history]
             print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
         else:
@@ -290,6 +291,7 @@ async def bookings_show(settings: Settings, args: argparse.Namespace) -> int:
             print(f"state        {b.state}")
             print(f"flight       {b.flight_id}")
             print(f"user         {b.user_id}")
+            print(f"API key      {b.owner or '(made without keys)'}")
             print(f"seats        {', '.join(b.seats)}")
             print(f"amount       {b.amount} {b.currency}")
             if b.payment is not None:

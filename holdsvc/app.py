@@ -16,6 +16,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from holdsvc import appkeys as k
+from holdsvc.domain.access import Action, is_loopback, load_keyring
 from holdsvc.domain.bookings import Bookings
 from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.flights import Flights
@@ -36,6 +37,7 @@ from holdsvc.embedded_redis import (
     running_url,
 )
 from holdsvc.gateway import MockGateway
+from holdsvc.http.auth import requires
 from holdsvc.http.middleware import edge_middleware
 from holdsvc.http.openapi import add_docs
 from holdsvc.http.routes import add_routes
@@ -72,6 +74,8 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[edge_middleware],
     )
     app[k.SETTINGS] = settings
+    app[k.KEYRING] = load_keyring(settings.api_keys_file, settings.api_key)
+    app[k.LOOPBACK] = is_loopback(settings.host)
     app[k.METRICS] = Metrics()
     app[k.METRICS].identify(settings.worker, os.getpid())
     if settings.worker:
@@ -99,6 +103,7 @@ async def _say_worker(request: web.Request, response: web.StreamResponse) -> Non
     response.headers[WORKER_HEADER] = str(request.app[k.SETTINGS].worker)
 
 
+@requires(Action.ADMIN_VIEWS)
 async def _metrics(request: web.Request) -> web.Response:
     # Each API process answers with its own counts (`serve --workers N`): X-Holdsvc-Worker
     # and the holdsvc_worker series say which one answered; a scraper sums them.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
+from holdsvc.domain.access import Keyring, Principal
 from holdsvc.domain.bookings import Bookings, HoldKey
 from holdsvc.domain.expiry import Expirer
 from holdsvc.domain.flights import Flights
@@ -24,6 +25,11 @@ SETTINGS = web.AppKey("settings", Settings)
 GATEWAY = web.AppKey("gateway", MockGateway)
 METRICS = web.AppKey("metrics", Metrics)
 REQUEST_ID = web.RequestKey("request_id", str)
+KEYRING = web.AppKey("keyring", Keyring)
+# The service listens on a loopback address: the admin views need no key.
+LOOPBACK = web.AppKey("loopback", bool)
+# Who the request acts as, once the middleware has checked its key.
+PRINCIPAL = web.RequestKey("principal", Principal)
 # The request's Idempotency-Key, once the middleware has claimed it in SQL.
 KEY_REF = web.RequestKey("key_ref", KeyRef)
 # A hold's Idempotency-Key and fingerprint, for the hold script to claim.

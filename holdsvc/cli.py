@@ -17,6 +17,7 @@ from holdsvc import admin, logs
 from holdsvc import appkeys as k
 from holdsvc.app import StartupError, create_app
 from holdsvc.appkeys import GAVE_UP
+from holdsvc.domain.access import is_loopback, load_keyring
 from holdsvc.domain.records import NewFlight
 from holdsvc.embedded_redis import EmbeddedRedisError
 from holdsvc.seats.scripts import ScriptLoadError
@@ -90,7 +91,26 @@ async def _tune_gc(app: web.Application) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _check_access(settings: Settings) -> None:
+    """No keys: serve open, but only where no other machine can reach the port."""
+    keyring = load_keyring(settings.api_keys_file, settings.api_key)
+    if not keyring.open:
+        return
+    if not is_loopback(settings.host):
+        raise StartupError(
+            f"refusing to serve without API keys on {settings.host or 'every address'}:"
+            " anyone who reaches the port could create flights and refund bookings. Give"
+            " --api-keys FILE (or HOLDSVC_API_KEY), or listen on 127.0.0.1"
+        )
+    if settings.worker == 0:  # once, not once per worker
+        log.warning(
+            "no API keys configured: serving open, without authentication, on %s only",
+            settings.host,
+        )
+
+
 def serve(settings: Settings) -> None:
+    _check_access(settings)
     if settings.workers > 1:
         from holdsvc.workers import Supervisor
 

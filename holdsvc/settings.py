@@ -10,7 +10,7 @@ import dataclasses
 import importlib.metadata
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,12 @@ class Settings:
     # Set by the supervisor in each API process it starts (HOLDSVC_WORKER): its number, from
     # 1; 0 for a serve that is not one of several.
     worker: int = 0
+    # API keys, one "name role secret" a line (holdsvc.domain.access). With none (no file,
+    # no HOLDSVC_API_KEY) the service serves open, and only on a loopback address.
+    api_keys_file: Path | None = None
+    # One more key, in the file's line format, from HOLDSVC_API_KEY only (no flag: a flag
+    # shows in ps). Never in a repr, so never in a log line or a traceback.
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def db_path(self) -> Path:
@@ -222,6 +228,7 @@ _CONVERTERS: dict[str, Any] = {
     "workers": int,
     "redis_restarts": int,
     "worker": int,
+    "api_keys_file": Path,
 }
 
 
@@ -250,7 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP API (and an embedded Redis if no URL)")
-    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument(
+        "--host",
+        help="listen address (default 127.0.0.1); beyond loopback only with API keys",
+    )
+    serve.add_argument(
+        "--api-keys",
+        dest="api_keys_file",
+        type=Path,
+        help="file of API keys, one 'name role secret' a line (role admin or client); with"
+        " none, holdsvc serves open, on loopback only",
+    )
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
     serve.add_argument(
         "--workers",

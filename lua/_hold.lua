@@ -1,10 +1,11 @@
 -- _hold: not a script of its own; put in front of every script with _clock.lua. What the two
 -- hold scripts share: the booking's record and the Idempotency-Key's entry. Both hold scripts
--- take ARGV[3] user id, ARGV[4] amount, ARGV[5] currency.
+-- take ARGV[3] who (the user id, or the owning API key's name and the user id joined by \31),
+-- ARGV[4] amount, ARGV[5] currency.
 --
 -- A booking's record is the field <booking id> of the flight's hash {f:<flight>}:b: its
--- created (ms), first deadline (ms), seats ("1A,1B"), amount, currency and user, joined by
--- \31 (the user last, so any user id reads back whole). It has no TTL: it is deleted only
+-- created (ms), first deadline (ms), seats ("1A,1B"), amount, currency and who, joined by
+-- \31 (who last, so it reads back whole). It has no TTL: it is deleted only
 -- once the booking is in SQL (confirm_seats, release_seats and the expiry path run after the
 -- booking's row is committed), so a lapsed hold's record is there for the expiry to write.
 --

@@ -12,7 +12,7 @@
 -- KEYS[9..n+8]   {f:<flight>}:<seat>   the seats to hold
 -- ARGV[1]        booking id, stored as each held seat's value
 -- ARGV[2]        hold time, milliseconds (integer > 0)
--- ARGV[3]        user id       ARGV[4] amount       ARGV[5] currency
+-- ARGV[3]        who (_hold.lua) ARGV[4] amount       ARGV[5] currency
 -- ARGV[6]        the request's fingerprint, or "" for a request without a key
 -- ARGV[7]        how long the key's entry is kept, milliseconds
 -- ARGV[8]        the run id of this Redis process, as the client read it when it connected

@@ -90,6 +90,9 @@ class BookingRecord:
     payment: PaymentRecord | None
     # False for a hold that lives only in Redis so far (read from its record).
     in_sql: bool = True
+    # The name of the API key that made the hold ("" when the service runs without keys):
+    # a client key sees and acts on only its own bookings.
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class NewBooking:
     currency: str
     hold_expires_at: int
     created_at: int
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)

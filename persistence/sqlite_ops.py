@@ -107,7 +107,7 @@ class InsertBooking(BatchOp):
         b, m, s = self.booking, self.move, self.supersede
         return _load_insert_booking, (
             (b.id, b.flight_id, b.user_id, b.state, b.seats, b.amount, b.currency,
-             b.hold_expires_at, b.created_at),
+             b.hold_expires_at, b.created_at, b.owner),
             (m.target, m.sources, m.cause, m.seats_live),
             (s.target, s.sources, s.cause, s.seats_live),
             self.at,
@@ -119,7 +119,7 @@ class InsertBooking(BatchOp):
         b, m = self.booking, self.move
         booking = (
             b.id, b.flight_id, b.user_id, m.target, b.amount, b.currency,
-            b.hold_expires_at, b.created_at, self.at,
+            b.hold_expires_at, b.created_at, self.at, b.owner,
         )  # fmt: skip
         live = 1 if m.seats_live else 0
         seats = [(b.id, i, b.flight_id, s, live) for i, s in enumerate(b.seats)]
@@ -229,7 +229,7 @@ _INSERT_PAYMENT = (
 )
 _INSERT_BOOKING = (
     "INSERT INTO bookings (id, flight_id, user_id, state, amount, currency, hold_expires_at,"
-    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " created_at, updated_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SEAT = (
     "INSERT INTO booking_seats (booking_id, pos, flight_id, seat, live) VALUES (?, ?, ?, ?, ?)"
@@ -242,7 +242,7 @@ _INSERT_TRANSITION = (
 BOOKING_COLUMNS = (
     "b.id, b.flight_id, b.user_id, b.state, b.amount, b.currency, b.hold_expires_at, "
     "b.created_at, b.updated_at, p.payment_id, p.method, p.status, p.amount, p.currency, "
-    "p.idem_key, p.refund_key"
+    "p.idem_key, p.refund_key, b.owner"
 )
 
 
@@ -259,6 +259,7 @@ def booking_of(row: Any, seats: list[str]) -> BookingRecord:
         created_at=row[7],
         updated_at=row[8],
         payment=PaymentRecord(*row[9:16]) if row[11] is not None else None,
+        owner=row[16],
     )
 
 

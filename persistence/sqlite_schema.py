@@ -62,8 +62,17 @@ def _baseline(conn: sqlite3.Connection) -> None:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
+def _booking_owner(conn: sqlite3.Connection) -> None:
+    """Version 2: which API key made each booking. Bookings made before keys existed were
+    made open, by nobody in particular: "" (only an admin key reaches them)."""
+    conn.execute("ALTER TABLE bookings ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+
+
 # In order; a released version is never edited, only followed by a new one.
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "baseline", _baseline),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "baseline", _baseline),
+    Migration(2, "booking owner", _booking_owner),
+)
 LATEST = MIGRATIONS[-1].version
 
 

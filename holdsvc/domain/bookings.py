@@ -23,6 +23,7 @@ from decimal import Decimal
 
 from redis.exceptions import RedisError
 
+from holdsvc.domain.access import OPEN, Principal, may_see
 from holdsvc.domain.errors import (
     IdempotencyMismatch,
     InvalidTransition,
@@ -155,20 +156,23 @@ class Bookings:
         self._metrics = metrics or Metrics()
         self._background: set[asyncio.Task[None]] = set()
 
-    async def get(self, booking_id: str) -> BookingRecord:
-        """From SQL once the booking is there; before that, from its hold's Redis record."""
+    async def get(self, booking_id: str, actor: Principal = OPEN) -> BookingRecord:
+        """From SQL once the booking is there; before that, from its hold's Redis record.
+        Another key's booking is not found, so a client cannot probe which ids exist."""
         booking = await self._store.get_booking(booking_id)
         if booking is not None:
+            if not may_see(actor, booking):
+                raise NotFound("Booking not found")
             return booking
         flight_id = flight_of_booking(booking_id)
         record = None if flight_id is None else await self._holds.record(flight_id, booking_id)
-        if record is None:
+        if record is None or not may_see(actor, held := held_booking(record)):
             raise NotFound("Booking not found")
         if record.deadline_ms > now_ms():
-            return held_booking(record)
+            return held
         # Lapsed, and nothing has recorded it yet (an expiry event missed, the sweeper not
         # round yet): whoever sees it first records it, so no reader is told SEAT_HELD.
-        await self.record_lapsed(held_booking(record), "read-after-expiry")
+        await self.record_lapsed(held, "read-after-expiry")
         booking = await self._store.get_booking(booking_id)
         if booking is None:  # impossible once end_holds committed; never guessed past
             raise RuntimeError(f"lapsed hold {booking_id} was not written to SQL")
@@ -185,7 +189,9 @@ class Bookings:
         await self._store.end_holds([booking.id], {booking.id: new_booking(booking)}, expire)
         await self._holds.forget(booking.flight_id, [booking.id], booking.seats)
 
-    async def hold(self, req: HoldRequest, key: HoldKey | None = None) -> HoldAnswer:
+    async def hold(
+        self, req: HoldRequest, key: HoldKey | None = None, actor: Principal = OPEN
+    ) -> HoldAnswer:
         flight = self._flights.cached(req.flight_id) or await self._flights.get(req.flight_id)
         if req.seats is not None:
             unknown = [s for s in req.seats if not flight.has_seat(s)]
@@ -193,7 +199,7 @@ class Bookings:
                 raise ValidationError("Unknown seats for this flight", seats=unknown)
         count = len(req.seats) if req.seats is not None else req.seat_count
         assert count is not None
-        meta = HoldMeta(req.user_id, _amount(flight, count), flight.record.currency)
+        meta = HoldMeta(req.user_id, _amount(flight, count), flight.record.currency, actor.name)
         claim = None
         if key is not None:
             claim = KeyClaim(key.key, key.fingerprint, self._settings.idempotency_ttl_ms)
@@ -235,7 +241,7 @@ class Bookings:
             self._metrics.holds_created.inc()
         record = HoldRecord(
             booking_id, flight.id, meta.user_id, first.seats, meta.amount, meta.currency,
-            first.created_ms, first.deadline_ms,
+            first.created_ms, first.deadline_ms, meta.owner,
         )  # fmt: skip
         return HoldAnswer(held_booking(record), replayed)
 
@@ -285,8 +291,10 @@ class Bookings:
             claim,
         )
 
-    async def cancel(self, booking_id: str, key: KeyRef | None = None) -> BookingRecord:
-        booking = await self.get(booking_id)
+    async def cancel(
+        self, booking_id: str, key: KeyRef | None = None, actor: Principal = OPEN
+    ) -> BookingRecord:
+        booking = await self.get(booking_id, actor)
         require(State(booking.state), State.CANCELLED)
         cancel = move(State.CANCELLED, "customer-cancel")
         answer = key.answer(CANCELLED) if key else None
@@ -319,6 +327,7 @@ def held_booking(record: HoldRecord) -> BookingRecord:
         updated_at=record.created_ms,
         payment=None,
         in_sql=False,
+        owner=record.owner,
     )
 
 
@@ -336,6 +345,7 @@ def new_booking(booking: BookingRecord | HoldRecord) -> NewBooking:
         currency=booking.currency,
         hold_expires_at=booking.hold_expires_at,
         created_at=booking.created_at,
+        owner=booking.owner,
     )
 
 

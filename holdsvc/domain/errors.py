@@ -28,6 +28,20 @@ class UnsupportedMediaType(DomainError):
     status = 415
 
 
+class Unauthorized(DomainError):
+    """No API key, or one nobody configured (RFC 6750's challenge says which)."""
+
+    status = 401
+
+    def __init__(self, message: str, challenge: str = 'Bearer realm="holdsvc"') -> None:
+        super().__init__(message)
+        self.headers = {"WWW-Authenticate": challenge}
+
+
+class Forbidden(DomainError):
+    status = 403
+
+
 class NotFound(DomainError):
     status = 404
 

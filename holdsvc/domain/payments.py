@@ -20,6 +20,7 @@ from enum import Enum
 
 from redis.exceptions import RedisError
 
+from holdsvc.domain.access import OPEN, Principal
 from holdsvc.domain.bookings import SUPERSEDE, Bookings, new_booking
 from holdsvc.domain.errors import (
     Conflict,
@@ -92,7 +93,7 @@ class Payments:
         self._unavailable: tuple[type[Exception], ...] = (RedisError, OSError, *store.failures)
 
     async def pay(
-        self, booking_id: str, method: str, key: KeyRef | None = None
+        self, booking_id: str, method: str, key: KeyRef | None = None, actor: Principal = OPEN
     ) -> tuple[PayOutcome, BookingRecord]:
         """Charge for a held booking and confirm it; answered only after the SQL commit.
 
@@ -101,7 +102,7 @@ class Payments:
         payment behind (its process died) is recognised by it, never charged again.
         """
         idem_key = key.key if key is not None else None
-        booking = await self._bookings.get(booking_id)
+        booking = await self._bookings.get(booking_id, actor)
         payment = booking.payment
         if idem_key is not None and payment is not None and payment.idem_key == idem_key:
             return self._pay_again(booking)
@@ -239,8 +240,10 @@ class Payments:
                     raise
         log.warning("booking %s: captured payment refunded (%s)", booking.id, cause)
 
-    async def refund(self, booking_id: str, key: KeyRef | None = None) -> BookingRecord:
-        booking = await self._bookings.get(booking_id)
+    async def refund(
+        self, booking_id: str, key: KeyRef | None = None, actor: Principal = OPEN
+    ) -> BookingRecord:
+        booking = await self._bookings.get(booking_id, actor)
         payment = booking.payment
         if key is not None and payment is not None and payment.refund_key == key.key:
             # This request's own refund, claimed by an attempt whose answer was lost.

@@ -15,10 +15,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from holdsvc.appkeys import HOLD_KEY, IDEMPOTENCY, KEY_REF, METRICS, REQUEST_ID
+from holdsvc.domain.access import Principal
 from holdsvc.domain.bookings import REPLAYED_HEADER, HoldKey
 from holdsvc.domain.errors import Conflict, IdempotencyMismatch, Unavailable, ValidationError
 from holdsvc.domain.idempotency import IdempotencyKeys, KeyRef
 from holdsvc.domain.records import Claim, ClaimResult
+from holdsvc.http.auth import authenticate
 from holdsvc.http.views import error_response, redis_unavailable, stored_outcome
 
 log = logging.getLogger(__name__)
@@ -42,18 +44,21 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one middleware, so a request pays for one layer, not three. In order: the request
-    id (taken from X-Request-ID or made), errors to JSON, Idempotency-Key replay; then one log
-    line and one latency observation per request, with the final status."""
+    """The one middleware, so a request pays for one layer, not four. In order: the request
+    id (taken from X-Request-ID or made), errors to JSON, the API key, Idempotency-Key
+    replay; then one log line and one latency observation per request, with the final
+    status and the key's name (never its secret)."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = given if given and _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ids):x}"
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500
+    principal = None
     try:
         try:
+            principal = authenticate(request)
             if IDEMPOTENCY_HEADER in request.headers and request.method == "POST":
-                response = await _idempotent(request, handler)
+                response = await _idempotent(request, handler, principal)
             else:
                 response = await handler(request)
         except web.HTTPException as exc:
@@ -76,19 +81,16 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         method = request.method if request.method in _METHODS else "other"
         request.app[METRICS].observe_request(method, route, status, seconds)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "%s %s %d",
-                request.method,
-                route,
-                status,
-                extra={
-                    "method": request.method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "request_id": request_id,
-                },
-            )
+            extra = {
+                "method": request.method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "request_id": request_id,
+            }
+            if principal is not None and principal.name:
+                extra["key"] = principal.name
+            access_log.info("%s %s %d", request.method, route, status, extra=extra)
 
 
 def _fingerprint(path: str, body: bytes) -> bytes:
@@ -108,7 +110,9 @@ def _answer(request: web.Request, exc: Exception) -> web.Response:
     return error_response(exc)
 
 
-async def _idempotent(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _idempotent(
+    request: web.Request, handler: Handler, principal: Principal | None
+) -> web.StreamResponse:
     """The same key and request get the first answer again, errors included (as Stripe does).
 
     A hold's key is claimed by the hold script in Redis. Every other key is claimed in SQL
@@ -117,10 +121,14 @@ async def _idempotent(request: web.Request, handler: Handler) -> web.StreamRespo
     An effect in SQL stores its answer in its own commit; any other answer is stored after,
     and one that cannot be stored is not sent (503: the retry finds out what happened). A 5xx
     is not kept, and a claim left without an answer lapses within a lease, so the retry runs.
+    Keys are per API key, as Stripe's are per account: another client's use of the same key
+    is another request, and never sees this one's answer.
     """
     key = request.headers[IDEMPOTENCY_HEADER]
     if not _KEY.match(key):
         raise ValidationError(f"{IDEMPOTENCY_HEADER} must be 1 to 255 visible ASCII characters")
+    if principal is not None and principal.name:
+        key = f"{principal.name}:{key}"  # a key's name has no ":", so no two scopes meet
     fingerprint = _fingerprint(request.path, await request.read())
     if request.path.rstrip("/") == HOLDS_PATH:
         # A hold's key is claimed and answered by the hold script itself, in Redis.

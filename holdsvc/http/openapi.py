@@ -9,8 +9,10 @@ import msgspec
 import orjson
 from aiohttp import web
 
+from holdsvc.domain.access import Action
 from holdsvc.domain.bookings import REPLAYED_HEADER
 from holdsvc.http import schemas
+from holdsvc.http.auth import action_of, requires
 from holdsvc.http.middleware import IDEMPOTENCY_HEADER
 from holdsvc.http.routes import ENDPOINTS, Endpoint
 
@@ -49,7 +51,17 @@ def build_spec() -> dict[str, Any]:
             ),
         },
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key of --api-keys (role admin or client); not"
+                    " needed when the service runs without keys (loopback only)",
+                }
+            },
+        },
     }
 
 
@@ -59,6 +71,10 @@ def _operation(e: Endpoint, ref: dict[str, Any]) -> dict[str, Any]:
     extra = {**_ANY_ROUTE, **(_ANY_POST if e.method == "POST" else {})}
     for status, description in extra.items():
         responses[str(status)] = _json(description, error)
+    action = action_of(e.handler)
+    if action is not None:
+        responses["401"] = _json("No API key, or an unknown one", error)
+        responses["403"] = _json(f"This key's role may not {action}", error)
     for status, (answer, description) in e.answers.items():
         responses[str(status)] = _json(description, ref[repr(answer)])
     op: dict[str, Any] = {
@@ -66,6 +82,8 @@ def _operation(e: Endpoint, ref: dict[str, Any]) -> dict[str, Any]:
         "summary": e.summary,
         "responses": responses,
     }
+    if action is not None:
+        op["security"] = [{"bearer": []}]
     params = [
         {"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
         for name in ("flight_id", "booking_id")
@@ -123,9 +141,11 @@ def add_docs(app: web.Application) -> None:
 
     spec = orjson.dumps(build_spec())
 
+    @requires(Action.ADMIN_VIEWS)
     async def openapi(request: web.Request) -> web.Response:
         return web.Response(body=spec, content_type="application/json")
 
+    @requires(Action.ADMIN_VIEWS)
     async def docs(request: web.Request) -> web.Response:
         return web.Response(text=_DOCS_PAGE, content_type="text/html")
 

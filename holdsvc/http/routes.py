@@ -20,12 +20,14 @@ from holdsvc.appkeys import (
     SEAT_MAP,
     SETTINGS,
 )
+from holdsvc.domain.access import Action
 from holdsvc.domain.bookings import CANCELLED, REPLAYED_HEADER
 from holdsvc.domain.errors import NotFound
 from holdsvc.domain.payments import CONFIRMED as PAY_CONFIRMED
 from holdsvc.domain.payments import DECLINED as PAY_DECLINED
 from holdsvc.domain.payments import REFUNDED, PayOutcome
 from holdsvc.http import bodies, schemas
+from holdsvc.http.auth import principal_of, requires
 from holdsvc.http.bodies import EmptyIn, FlightIn, HoldIn, PayIn
 from holdsvc.http.views import (
     booking_action,
@@ -52,24 +54,28 @@ def _flight_id(request: web.Request) -> int:
     return int(text)
 
 
+@requires(Action.CREATE_FLIGHT)
 async def create_flight(request: web.Request) -> web.Response:
     body = bodies.decode(*await _body(request), FlightIn)
     flight = await request.app[RESTORER].add_flight(bodies.flight_from(body), request.get(KEY_REF))
     return new_flight_response(flight)
 
 
+@requires(Action.READ_FLIGHTS)
 async def list_flights(request: web.Request) -> web.Response:
     flights = await request.app[FLIGHTS].all()
     free = await request.app[SEAT_MAP].free_counts(flights)
     return json_response([flight_view(f, n) for f, n in zip(flights, free, strict=True)])
 
 
+@requires(Action.READ_FLIGHTS)
 async def get_flight(request: web.Request) -> web.Response:
     flight = await request.app[FLIGHTS].get(_flight_id(request))
     [free] = await request.app[SEAT_MAP].free_counts([flight])
     return json_response(flight_view(flight, free))
 
 
+@requires(Action.READ_FLIGHTS)
 async def flight_seats(request: web.Request) -> web.Response:
     flight, statuses = await request.app[SEAT_MAP].statuses(_flight_id(request))
     return json_response(
@@ -80,43 +86,53 @@ async def flight_seats(request: web.Request) -> web.Response:
     )
 
 
+@requires(Action.HOLD)
 async def create_booking(request: web.Request) -> web.Response:
     body = bodies.decode(*await _body(request), HoldIn)
     hold = bodies.hold_from(body, request.app[SETTINGS].max_seats_per_booking)
-    answer = await request.app[BOOKINGS].hold(hold, request.get(HOLD_KEY))
+    answer = await request.app[BOOKINGS].hold(hold, request.get(HOLD_KEY), principal_of(request))
     response = json_response(booking_view(answer.booking), 201)
     if answer.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return response
 
 
+@requires(Action.ACT_ON_BOOKING)
 async def get_booking(request: web.Request) -> web.Response:
-    booking = await request.app[BOOKINGS].get(request.match_info["booking_id"])
+    booking = await request.app[BOOKINGS].get(
+        request.match_info["booking_id"], principal_of(request)
+    )
     return json_response(booking_view(booking))
 
 
+@requires(Action.ACT_ON_BOOKING)
 async def pay_booking(request: web.Request) -> web.Response:
     body = bodies.decode(*await _body(request), PayIn, optional=True)
     outcome, booking = await request.app[PAYMENTS].pay(
-        request.match_info["booking_id"], body.payment_method, request.get(KEY_REF)
+        request.match_info["booking_id"],
+        body.payment_method,
+        request.get(KEY_REF),
+        principal_of(request),
     )
     return booking_action(
         PAY_DECLINED if outcome is PayOutcome.DECLINED else PAY_CONFIRMED, booking
     )
 
 
+@requires(Action.ACT_ON_BOOKING)
 async def cancel_booking(request: web.Request) -> web.Response:
     bodies.decode(*await _body(request), EmptyIn, optional=True)
     booking = await request.app[BOOKINGS].cancel(
-        request.match_info["booking_id"], request.get(KEY_REF)
+        request.match_info["booking_id"], request.get(KEY_REF), principal_of(request)
     )
     return booking_action(CANCELLED, booking)
 
 
+@requires(Action.ACT_ON_BOOKING)
 async def refund_booking(request: web.Request) -> web.Response:
     bodies.decode(*await _body(request), EmptyIn, optional=True)
     booking = await request.app[PAYMENTS].refund(
-        request.match_info["booking_id"], request.get(KEY_REF)
+        request.match_info["booking_id"], request.get(KEY_REF), principal_of(request)
     )
     return booking_action(REFUNDED, booking)
 

@@ -36,6 +36,19 @@ class HoldMeta:
     user_id: str
     amount: str
     currency: str
+    # The API key that made the hold ("" without keys).
+    owner: str = ""
+
+    def who(self) -> str:
+        """The scripts' ARGV[3]: the owner and the user joined by \x1f, or the user alone
+        when there is no owner. The scripts store it whole; neither name can hold \x1f."""
+        return f"{self.owner}\x1f{self.user_id}" if self.owner else self.user_id
+
+
+def _split_who(who: str) -> tuple[str, str]:
+    """(owner, user) of a stored ARGV[3] (records made before owners have the user alone)."""
+    owner, sep, user = who.partition("\x1f")
+    return (owner, user) if sep else ("", who)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +72,7 @@ class HoldRecord:
     currency: str
     created_ms: int
     deadline_ms: int
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,11 +413,12 @@ class HoldStore:
 
 
 def _record(flight_id: int, booking_id: str, value: bytes) -> HoldRecord:
-    """A record as _hold.lua's write_record() joins it; the user is last and may hold anything."""
-    created, deadline, seats, amount, currency, user = value.decode().split("\x1f", 5)
+    """A record as _hold.lua's write_record() joins it; who (owner and user) is last."""
+    created, deadline, seats, amount, currency, who = value.decode().split("\x1f", 5)
+    owner, user = _split_who(who)
     return HoldRecord(
         booking_id, flight_id, user, seats.split(","), amount, currency, int(created),
-        int(deadline),
+        int(deadline), owner,
     )  # fmt: skip
 
 
@@ -431,7 +446,7 @@ def _hold_args(
     booking_id: str, ttl_ms: int, meta: HoldMeta, key: KeyClaim | None, run_id: str
 ) -> list[Any]:
     return [
-        booking_id, ttl_ms, meta.user_id, meta.amount, meta.currency,
+        booking_id, ttl_ms, meta.who(), meta.amount, meta.currency,
         key.fingerprint if key else "", key.ttl_ms if key else 0, run_id,
     ]  # fmt: skip
 
@@ -441,8 +456,9 @@ def _keyed(script: str, reply: Any) -> Replayed | KeyMismatch:
     match reply:
         case [5]:
             return KeyMismatch()
-        case [4, b"h", bid, seats, deadline, created, user, amount, currency]:
-            meta = HoldMeta(user.decode(), amount.decode(), currency.decode())
+        case [4, b"h", bid, seats, deadline, created, who, amount, currency]:
+            owner, user = _split_who(who.decode())
+            meta = HoldMeta(user, amount.decode(), currency.decode(), owner)
             held = Held(seats.decode().split(","), int(deadline), int(created))
             return Replayed(held, bid.decode(), meta)
         case [4, b"t", _, seats, *_]:
