@@ -174,46 +174,91 @@ async def status(settings: Settings, as_json: bool = False) -> int:
         return h.redis_problem.code if h.redis_problem else 0
 
 
-async def audit(settings: Settings) -> int:
-    """Print every seat on which Redis and SQL disagree; 1 if there is any."""
-    async with _open(settings) as h:
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A seat on which Redis and SQL disagree: each side's (status, booking id)."""
+
+    flight_id: int
+    seat: str
+    redis: tuple[str, str | None]
+    sql: tuple[str, str | None]
+
+    def line(self) -> str:
+        r_status, r_bid = self.redis
+        s_state, s_bid = self.sql
+        redis = f"Redis {r_status} by {r_bid}" if r_bid else f"Redis {r_status}"
+        sql = f"SQL {s_state} {s_bid}" if s_bid else "SQL free"
+        return f"flight {self.flight_id} seat {self.seat}: {redis}, {sql}"
+
+    def view(self) -> dict[str, object]:
+        return {
+            "flight_id": self.flight_id,
+            "seat": self.seat,
+            "redis": {"status": self.redis[0], "booking_id": self.redis[1]},
+            "sql": {"state": self.sql[0], "booking_id": self.sql[1]},
+        }
+
+
+async def audit(settings: Settings, as_json: bool = False) -> int:
+    """Print every seat on which Redis and SQL disagree; 1 if there is any. Without Redis
+    there is nothing to compare: say so, with what SQL alone holds, and exit 3 or 4."""
+    async with _open(settings, need_redis=False) as h:
         flights = await h.flights.all()
+        if h.redis_problem is not None:
+            live = [len(await h.store.live_bookings(f.id)) for f in flights]
+            if as_json:
+                report = {
+                    "redis": f"unavailable: {h.redis_problem}",
+                    "flights": len(flights),
+                    "live_bookings_in_sql": sum(live),
+                    "differences": None,
+                }
+                print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+            else:
+                print(f"cannot compare: Redis unavailable: {h.redis_problem}")
+                print(f"SQL has {sum(live)} live bookings on {len(flights)} flights")
+            return h.redis_problem.code
         found = {f.id: await _differences(h, f.id) for f in flights}
         if any(found.values()):
             await asyncio.sleep(RECHECK_AFTER_S)
             again = {f: await _differences(h, f) for f in found if found[f]}
-            found = {f: sorted(set(found[f]) & set(again[f])) for f in again}
-        total = 0
-        for flight_id, lines in found.items():
-            for line in lines:
-                print(f"flight {flight_id} {line}")
-                total += 1
-        print(f"{total} differences in {len(flights)} flights")
-    return EXIT_DIFFERENCES if total else 0
+            found = {f: [d for d in found[f] if d in again[f]] for f in again}
+        differences = [d for lines in found.values() for d in lines]
+        if as_json:
+            report = {
+                "redis": "ok",
+                "flights": len(flights),
+                "differences": [d.view() for d in differences],
+            }
+            print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        else:
+            for d in differences:
+                print(d.line())
+            print(f"{len(differences)} differences in {len(flights)} flights")
+    return EXIT_DIFFERENCES if differences else 0
 
 
-async def _differences(h: _Handles, flight_id: int) -> list[str]:
-    assert h.holds is not None  # audit opens with Redis required
+async def _differences(h: _Handles, flight_id: int) -> list[Difference]:
+    assert h.holds is not None  # compared only when Redis answers
     flight = await h.flights.get(flight_id)
     owners = await h.holds.seat_owners(flight_id, flight.seats)
     owner: dict[str, tuple[str, str]] = {}
     for bid, state, seats in await h.store.live_bookings(flight_id):
         for seat in seats:
-            owner[seat] = (bid, state)
+            owner[seat] = (state, bid)
     out = []
     for seat, in_redis in zip(flight.seats, owners, strict=True):
-        sql = owner.get(seat)
-        sql_text = f"SQL {sql[1]} {sql[0]}" if sql else "SQL free"
+        sql: tuple[str, str | None] = owner.get(seat) or ("free", None)
         if in_redis is None:
-            if sql is not None:
-                out.append(f"seat {seat}: Redis free, {sql_text}")
+            if sql[1] is not None:
+                out.append(Difference(flight_id, seat, ("free", None), sql))
             continue
         bid, booked = in_redis
-        if booked and sql != (bid, State.CONFIRMED.value):
-            out.append(f"seat {seat}: Redis booked by {bid}, {sql_text}")
-        elif not booked and sql is not None and (sql[0] != bid or sql[1] not in HOLDING):
+        if booked and sql != (State.CONFIRMED.value, bid):
+            out.append(Difference(flight_id, seat, ("booked", bid), sql))
+        elif not booked and sql[1] is not None and (sql[1] != bid or sql[0] not in HOLDING):
             # Held in Redis and not in SQL is a hold SQL has not seen yet: that is normal.
-            out.append(f"seat {seat}: Redis held by {bid}, {sql_text}")
+            out.append(Difference(flight_id, seat, ("held", bid), sql))
     return out
 
 
@@ -352,7 +397,7 @@ async def bookings_cancel(settings: Settings, args: argparse.Namespace) -> int:
 def run(command: str, settings: Settings, args: argparse.Namespace) -> int:
     commands = {
         "status": lambda: status(settings, args.json),
-        "audit": lambda: audit(settings),
+        "audit": lambda: audit(settings, args.json),
         "flights create": lambda: flights_create(settings, args),
         "flights list": lambda: flights_list(settings, args.json),
         "migrate": lambda: migrate(settings),

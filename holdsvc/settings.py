@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare booked and held seats in Redis with SQL; exit 1 on any difference",
     )
     _common(audit)
+    audit.add_argument("--json", action="store_true", help="one JSON object")
     flights = sub.add_parser("flights", help="create or list flights")
     actions = flights.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="create a flight")
