@@ -25,7 +25,10 @@ async def _lifecycle(
     redis_url: str, workdir: Path, seconds: float, max_calls: int
 ) -> dict[str, Any]:
     settings = Settings(
-        redis_url=redis_url, data_dir=workdir, db=workdir / "lifecycle.sqlite3", log_level="WARNING"
+        redis_url=redis_url,
+        data_dir=workdir,
+        db=str(workdir / "lifecycle.sqlite3"),
+        log_level="WARNING",
     )
     app = create_app(settings)
     runner = web.AppRunner(app)

@@ -174,7 +174,7 @@ def expiry_only(redis_url: str, workdir: str, live: int, short: int) -> dict[str
     base = Settings(
         redis_url=redis_url,
         data_dir=Path(workdir),
-        db=Path(workdir) / "expiry.sqlite3",
+        db=str(Path(workdir) / "expiry.sqlite3"),
         log_level="WARNING",
     )
     return asyncio.run(expiry_lag(base, live, short))
@@ -190,11 +190,13 @@ async def main() -> None:
         server = EmbeddedRedis(Path(tmp) / "redis", binary=find_binary("auto"))
         server.start()
         try:
-            base = Settings(redis_url=server.url, data_dir=Path(tmp), db=Path(tmp) / "a.sqlite3")
+            base = Settings(
+                redis_url=server.url, data_dir=Path(tmp), db=str(Path(tmp) / "a.sqlite3")
+            )
             result: dict[str, Any] = {"expiry": await expiry_lag(base, args.live, args.short)}
             async with Redis.from_url(server.url) as redis:
                 await flushall_sync(redis)
-            base = base.replace(db=Path(tmp) / "b.sqlite3")
+            base = base.replace(db=str(Path(tmp) / "b.sqlite3"))
             result["restore"] = await restore_time(base, args.booked, server.url)
             result["redis_server"] = server.binary.name
         finally:

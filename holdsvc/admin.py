@@ -31,7 +31,7 @@ from holdsvc.http.views import booking_view, flight_view
 from holdsvc.metrics import Metrics
 from holdsvc.seats.holds import HoldStore, connect_hold_store
 from holdsvc.settings import EXIT_DIFFERENCES, EXIT_FAILED, EXIT_NO_REDIS, EXIT_NO_SERVICE, Settings
-from persistence.sqlite_store import SqlStore
+from persistence.stores import AnyStore, open_store
 
 # A difference seen twice this far apart is real; once, it may be a hold between its Redis
 # step and its SQL commit.
@@ -54,7 +54,7 @@ class ServiceDown(AdminError):
 
 @dataclass
 class _Handles:
-    store: SqlStore
+    store: AnyStore
     holds: HoldStore | None
     flights: Flights
     # Why there is no Redis to ask, when there is none.
@@ -108,9 +108,9 @@ async def _open(
 ) -> AsyncIterator[_Handles]:
     """SQL, and Redis when it answers; without ``need_redis`` a missing Redis is noted in
     the handles instead of failing the command, which then reads what SQL alone can say."""
-    if not create and not settings.db_path.exists():
-        raise AdminError(f"no database at {settings.db_path} (give --db or --data-dir)")
-    store = await SqlStore.open(settings.db_path)
+    if not create and not settings.is_postgres and not settings.db_path.exists():
+        raise AdminError(f"no database at {settings.db_where} (give --db or --data-dir)")
+    store = await open_store(settings.db_target)
     try:
         holds, problem = None, None
         try:
@@ -131,15 +131,15 @@ async def _open(
 async def migrate(settings: Settings) -> int:
     """Bring the database's schema to this holdsvc's version, as `holdsvc serve` does at
     start-up; SQL only, so it works while nothing else runs."""
-    store = await SqlStore.open(settings.db_path)
+    store = await open_store(settings.db_target)
     try:
         now, applied = await store.schema_version(), store.applied_migrations
     finally:
         await store.close()
     if applied:
-        print(f"schema version {applied[0] - 1} -> {now} ({settings.db_path})")
+        print(f"schema version {applied[0] - 1} -> {now} ({settings.db_where})")
     else:
-        print(f"schema version {now}: up to date ({settings.db_path})")
+        print(f"schema version {now}: up to date ({settings.db_where})")
     return 0
 
 
@@ -158,7 +158,7 @@ async def status(settings: Settings, as_json: bool = False) -> int:
         if as_json:
             report = {
                 "redis": redis_line,
-                "sql": f"ok ({settings.db_path})",
+                "sql": f"ok ({settings.db_where})",
                 "flights": len(flights),
                 "live_holds": live,
                 "bookings": {state.value: counts.get(state.value, 0) for state in State},
@@ -166,7 +166,7 @@ async def status(settings: Settings, as_json: bool = False) -> int:
             print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
             return h.redis_problem.code if h.redis_problem else 0
         print(f"redis        {redis_line}")
-        print(f"sql          ok ({settings.db_path})")
+        print(f"sql          ok ({settings.db_where})")
         print(f"flights      {len(flights)}")
         print(f"live holds   {live if live is not None else 'unknown (no Redis)'}")
         for state in State:

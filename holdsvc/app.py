@@ -48,7 +48,7 @@ from holdsvc.seats.scripts import load_scripts
 from holdsvc.settings import Settings
 from holdsvc.tasks import background, stop
 from persistence.persister import Persister
-from persistence.sqlite_store import SqlStore
+from persistence.stores import open_store
 
 log = logging.getLogger(__name__)
 transition_log = logging.getLogger("holdsvc.transitions")
@@ -175,7 +175,7 @@ async def _keep_alive(app: web.Application, server: EmbeddedRedis) -> None:
 
 
 async def _sql(app: web.Application) -> AsyncIterator[None]:
-    store = await SqlStore.open(app[k.SETTINGS].db_path)
+    store = await open_store(app[k.SETTINGS].db_target)
     metrics = app[k.METRICS]
     store.on_commit(metrics.on_commit)
 

@@ -19,7 +19,7 @@ from holdsvc.metrics import Metrics
 from holdsvc.seats.holds import HoldStore
 from holdsvc.settings import Settings
 from persistence.persister import Persister
-from persistence.sqlite_store import SqlStore
+from persistence.stores import AnyStore
 
 SETTINGS = web.AppKey("settings", Settings)
 GATEWAY = web.AppKey("gateway", MockGateway)
@@ -38,7 +38,7 @@ REDIS_URL = web.AppKey("redis_url", str)
 # Why the service stopped itself (the embedded Redis kept dying); serve then exits 1.
 GAVE_UP = web.AppKey("gave_up", str)
 REDIS = web.AppKey("redis", Redis)
-STORE = web.AppKey("store", SqlStore)
+STORE: web.AppKey[AnyStore] = web.AppKey("store")
 HOLDS = web.AppKey("holds", HoldStore)
 FLIGHTS = web.AppKey("flights", Flights)
 BOOKINGS = web.AppKey("bookings", Bookings)

@@ -22,7 +22,7 @@ from holdsvc.domain.records import NewFlight
 from holdsvc.embedded_redis import EmbeddedRedisError
 from holdsvc.seats.scripts import ScriptLoadError
 from holdsvc.settings import Settings
-from persistence.sqlite_schema import SchemaTooNew
+from persistence.records import SchemaTooNew
 
 log = logging.getLogger("holdsvc")
 

@@ -45,8 +45,10 @@ class Settings:
     # holds, which never took money) or "always" (none, at a cost bench/RESULTS.md measures).
     redis_fsync: str = "everysec"
     data_dir: Path = Path("holdsvc-data")
-    # None: <data_dir>/holdsvc.sqlite3
-    db: Path | None = None
+    # None: <data_dir>/holdsvc.sqlite3. A path: that SQLite file. postgresql://user[:password]
+    # @host:port/dbname: a PostgreSQL database (asyncpg), which many processes and machines
+    # may share.
+    db: str | None = None
     # Ten minutes, as the seed airline system held seats.
     hold_ttl: float = 600.0
     # How long a started payment keeps the hold alive.
@@ -99,8 +101,28 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
 
     @property
+    def is_postgres(self) -> bool:
+        return self.db is not None and self.db.startswith(("postgresql://", "postgres://"))
+
+    @property
     def db_path(self) -> Path:
-        return self.db if self.db is not None else self.data_dir / "holdsvc.sqlite3"
+        """The SQLite file (not for a PostgreSQL store)."""
+        assert not self.is_postgres
+        return Path(self.db) if self.db is not None else self.data_dir / "holdsvc.sqlite3"
+
+    @property
+    def db_target(self) -> str:
+        """What the store opens: the PostgreSQL URL, or the SQLite file's path."""
+        return self.db if self.is_postgres and self.db else str(self.db_path)
+
+    @property
+    def db_where(self) -> str:
+        """The database, for messages: a URL without its password, or the file."""
+        if not self.is_postgres:
+            return str(self.db_path)
+        head, at, tail = self.db_target.rpartition("@")
+        scheme, _, user = head.partition("://")
+        return f"{scheme}://{user.partition(':')[0]}@{tail}" if at else self.db_target
 
     @property
     def gateway_ledger_path(self) -> Path:
@@ -211,7 +233,6 @@ def _parse_bool(text: str) -> bool:
 _CONVERTERS: dict[str, Any] = {
     "port": int,
     "data_dir": Path,
-    "db": Path,
     "hold_ttl": float,
     "payment_window": float,
     "gateway_timeout": float,
@@ -399,7 +420,11 @@ def _common(cmd: argparse.ArgumentParser) -> None:
         help="times the embedded Redis is started again within a minute before serve gives up"
         " and exits 1 (default 5; 0 = never)",
     )
-    add("--db", type=Path, help="SQLite file (default <data-dir>/holdsvc.sqlite3)")
+    add(
+        "--db",
+        help="SQLite file (default <data-dir>/holdsvc.sqlite3), or postgresql://user[:password]"
+        "@host:port/dbname for a PostgreSQL database several processes and machines share",
+    )
     add("--sweep-interval", type=float, help="seconds between expiry sweeps (default 0.5, 0 = off)")
     add(
         "--reconcile-grace",

@@ -229,6 +229,10 @@ class KeyAnswer:
     outcome: str
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer holdsvc than this one."""
+
+
 class StoreUnavailable(RuntimeError):
     """The store could not take the operation (its writer or connection is gone): the outcome
     of what was waiting is unknown, and the answer is a 503."""

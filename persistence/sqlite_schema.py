@@ -16,9 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 
-
-class SchemaTooNew(RuntimeError):
-    """The file was migrated by a newer holdsvc than this one."""
+from persistence.records import SchemaTooNew
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import Any
 import aiosqlite
 
 from persistence.coalesce import Coalescer
+from persistence.notices import TransitionNotices
 from persistence.records import (
     BookingRecord,
     FlightRecord,
@@ -29,7 +30,6 @@ from persistence.records import (
     PaymentStatus,
     State,
     StoreUnavailable,
-    Transition,
     now_ms,
 )
 from persistence.sqlite_keys import SqliteKeys
@@ -69,18 +69,17 @@ class _Rows:
         return self._rows
 
 
-class SqlStore(SqliteKeys):
+class SqlStore(SqliteKeys, TransitionNotices):
     failures: tuple[type[Exception], ...] = (sqlite3.Error, StoreUnavailable)
 
     def __init__(self, path: Path, writer: GroupCommitWriter, reader: aiosqlite.Connection):
+        super().__init__()
         self.path = path
         self._writer = writer
         self._reader = reader
         # The schema versions this open applied (sqlite_schema.py); none when it was current.
         self.applied_migrations: list[int] = []
         self._bookings: Coalescer[str, None, BookingRecord] = Coalescer(self._get_bookings)
-        # Told of every committed move (the app logs and counts them); runs on the event loop.
-        self.on_transition: Callable[[Transition], None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> SqlStore:
@@ -218,16 +217,6 @@ class SqlStore(SqliteKeys):
                 self._notify(bid, moved, move, at)
         return [bid for bid, moved in outcomes if moved.moved]
 
-    def _notify_inserted(self, booking: NewBooking, moved: Moved, move: Move, at: int) -> None:
-        if self.on_transition is not None and moved.moved:
-            self.on_transition(
-                Transition(
-                    booking.id, State.INITIATED.value, State.SEAT_HELD.value, "hold",
-                    booking.created_at, None,
-                )
-            )  # fmt: skip
-            self._notify(booking.id, moved, move, at)
-
     async def transition(
         self,
         booking_id: str,
@@ -255,12 +244,6 @@ class SqlStore(SqliteKeys):
         for bid, moved in outcomes:
             self._notify(bid, moved, move, at)
         return [bid for bid, moved in outcomes if moved.moved]
-
-    def _notify(self, booking_id: str, moved: Moved, move: Move, at: int) -> None:
-        if self.on_transition is not None and moved.moved and moved.previous is not None:
-            self.on_transition(
-                Transition(booking_id, moved.previous, move.target, move.cause, at, moved.deadline)
-            )
 
     async def change_payment(
         self, booking_id: str, change: PaymentChange, *, booking_in: Collection[str]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
+import os
 import signal
 import sys
 import threading
@@ -21,6 +23,7 @@ from holdsvc.app import create_app
 from holdsvc.embedded_redis import EmbeddedRedis, find_binary
 from holdsvc.settings import Settings
 from tests.helpers import ServiceProcess
+from tests.pg_server import PgServer
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
@@ -83,13 +86,51 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-@pytest.fixture
-def settings(tmp_path: Path, redis_server: EmbeddedRedis) -> Settings:
-    return Settings(
-        redis_url=redis_server.url,
-        data_dir=tmp_path,
-        db=tmp_path / "holdsvc.sqlite3",
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: about the SQLite store's own machinery; not run on PostgreSQL"
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_pg = callspec is not None and callspec.params.get("db") == "postgresql"
+        (drop if on_pg and item.get_closest_marker("sqlite_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the run (started when a test first asks for it); each test
+    gets a database of its own. A test that kills its server starts one of its own."""
+    server = PgServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database a test runs against: every test that touches SQL runs on both stores."""
+    if request.param == "sqlite":
+        return str(tmp_path / "holdsvc.sqlite3")
+    server: PgServer = request.getfixturevalue("pg_server")
+    return server.create_database(f"t{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_server: EmbeddedRedis, db: str) -> Settings:
+    return Settings(redis_url=redis_server.url, data_dir=tmp_path, db=db)
 
 
 @pytest.fixture

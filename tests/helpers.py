@@ -21,7 +21,7 @@ from holdsvc.domain.bookings import new_booking
 from holdsvc.domain.states import State, move
 from holdsvc.embedded_redis import free_port
 from persistence.records import Move, NewBooking, PaymentChange
-from persistence.sqlite_store import SqlStore
+from persistence.stores import AnyStore
 
 Client = TestClient[Any, Any]
 
@@ -159,7 +159,7 @@ HELD = move(State.SEAT_HELD, "hold")
 
 
 async def insert_held(
-    store: SqlStore, booking: NewBooking, supersede: Move | None = None
+    store: AnyStore, booking: NewBooking, supersede: Move | None = None
 ) -> list[str]:
     """Write a booking into SQL still SEAT_HELD, as a write-behind copy of a hold would: the
     store's API, for tests of the store itself (the service writes bookings from pay on)."""

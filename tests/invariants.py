@@ -4,30 +4,33 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
+from tests.sql import query
 
-async def check_invariants(db: Path, ledger: Path, redis: Redis, flight_id: int) -> None:
+
+async def check_invariants(db: str, ledger: Path, redis: Redis, flight_id: int) -> None:
     """No seat with two owners, Redis agrees with SQL, no money taken without a seat."""
-    with sqlite3.connect(db) as conn:
-        doubled = conn.execute(
-            "SELECT seat FROM booking_seats WHERE flight_id = ? AND live = 1"
-            " GROUP BY seat HAVING count(*) > 1",
+    doubled = query(
+        db,
+        "SELECT seat FROM booking_seats WHERE flight_id = ? AND live"
+        " GROUP BY seat HAVING count(*) > 1",
+        (flight_id,),
+    )
+    assert doubled == [], f"seats with two live bookings: {doubled}"
+    live = {
+        seat: (bid, state)
+        for seat, bid, state in query(
+            db,
+            "SELECT bs.seat, bs.booking_id, b.state FROM booking_seats bs"
+            " JOIN bookings b ON b.id = bs.booking_id WHERE bs.flight_id = ? AND bs.live",
             (flight_id,),
-        ).fetchall()
-        assert doubled == [], f"seats with two live bookings: {doubled}"
-        live = {
-            seat: (bid, state)
-            for seat, bid, state in conn.execute(
-                "SELECT bs.seat, bs.booking_id, b.state FROM booking_seats bs"
-                " JOIN bookings b ON b.id = bs.booking_id"
-                " WHERE bs.flight_id = ? AND bs.live = 1",
-                (flight_id,),
-            )
-        }
-        states = dict(conn.execute("SELECT id, state FROM bookings"))
-        payments = dict(conn.execute("SELECT booking_id, status FROM payments"))
+        )
+    }
+    states: dict[str, str] = dict(query(db, "SELECT id, state FROM bookings"))
+    payments: dict[str, str] = dict(query(db, "SELECT booking_id, status FROM payments"))
 
     # Redis: a booked seat belongs to a CONFIRMED booking; a held one to a live hold.
     prefix = f"{{f:{flight_id}}}:"
@@ -59,13 +62,11 @@ async def check_invariants(db: Path, ledger: Path, redis: Redis, flight_id: int)
         assert ok, f"{bid} charged but {states.get(bid)} / payment {payments.get(bid)}"
 
 
-def unsettled(db: Path) -> list[tuple[str, str]]:
+def unsettled(db: str) -> list[tuple[Any, ...]]:
     """Bookings still holding or paying, and payments still open."""
-    with sqlite3.connect(db) as conn:
-        return list(
-            conn.execute(
-                "SELECT b.id, b.state FROM bookings b LEFT JOIN payments p ON p.booking_id = b.id"
-                " WHERE b.state IN ('SEAT_HELD', 'PAYMENT_PENDING')"
-                " OR p.status IN ('pending', 'refunding')"
-            )
-        )
+    return query(
+        db,
+        "SELECT b.id, b.state FROM bookings b LEFT JOIN payments p ON p.booking_id = b.id"
+        " WHERE b.state IN ('SEAT_HELD', 'PAYMENT_PENDING')"
+        " OR p.status IN ('pending', 'refunding')",
+    )

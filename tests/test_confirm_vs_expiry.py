@@ -64,7 +64,7 @@ async def test_pay_at_the_deadline_is_all_or_nothing(
     assert outcomes["confirmed"] > 0 and outcomes["expired"] > 0, outcomes
 
     async def settled() -> bool:
-        return unsettled(settings.db_path) == []
+        return unsettled(settings.db_target) == []
 
     await eventually(settled, timeout=5)
-    await check_invariants(settings.db_path, settings.gateway_ledger_path, redis, flight["id"])
+    await check_invariants(settings.db_target, settings.gateway_ledger_path, redis, flight["id"])

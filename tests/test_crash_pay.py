@@ -33,6 +33,7 @@ EXPECTED = {
 async def test_pay_killed_at_each_point_is_settled(
     point: str,
     tmp_path: Path,
+    db: str,
     redis_server: EmbeddedRedis,
     redis: Redis,
     services: Callable[..., ServiceProcess],
@@ -40,6 +41,7 @@ async def test_pay_killed_at_each_point_is_settled(
     args = [
         "--redis-url", redis_server.url,
         "--data-dir", str(tmp_path),
+        "--db", db,
         "--hold-ttl", "1.5",
         "--payment-window", "1",
         "--gateway-timeout", "0.5",
@@ -80,7 +82,6 @@ async def test_pay_killed_at_each_point_is_settled(
             ) as resp:
                 assert resp.status == 201
 
-    db = tmp_path / "holdsvc.sqlite3"
     assert [u for u in unsettled(db) if u[0] == bid] == []
     await check_invariants(db, tmp_path / "mock-gateway.sqlite3", redis, flight_id)
 

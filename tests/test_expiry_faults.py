@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from holdsvc.appkeys import PERSISTER
 from holdsvc.embedded_redis import EmbeddedRedis, find_binary
 from holdsvc.settings import Settings
 from tests.helpers import Client, ServiceProcess, eventually, new_flight
+from tests.sql import query
 
 MakeClient = Callable[[Settings], Awaitable[Client]]
 
@@ -41,19 +41,18 @@ async def hold_groups(client: Client, flight_id: int, groups: list[list[str]]) -
     return ids
 
 
-def expiry_rows(db: Path, ids: list[str]) -> dict[str, list[tuple[str, int]]]:
+def expiry_rows(db: str, ids: list[str]) -> dict[str, list[tuple[str, int]]]:
     """booking id -> [(cause, at ms)] of its moves to EXPIRED."""
     rows: dict[str, list[tuple[str, int]]] = {i: [] for i in ids}
-    with sqlite3.connect(db) as conn:
-        for bid, cause, at in conn.execute(
-            "SELECT booking_id, cause, at FROM transitions WHERE to_state = 'EXPIRED'"
-        ):
-            if bid in rows:
-                rows[bid].append((cause, at))
+    for bid, cause, at in query(
+        db, "SELECT booking_id, cause, at FROM transitions WHERE to_state = 'EXPIRED'"
+    ):
+        if bid in rows:
+            rows[bid].append((cause, at))
     return rows
 
 
-def all_expired_once(db: Path, ids: list[str]) -> Callable[[], Awaitable[bool]]:
+def all_expired_once(db: str, ids: list[str]) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         rows = expiry_rows(db, ids)
         assert all(len(r) <= 1 for r in rows.values()), "an expiry was recorded twice"
@@ -74,8 +73,8 @@ async def test_sweeper_alone_expires_holds_when_the_persister_is_off(
     )
     flight = await new_flight(client, rows=10, seat_letters="ABCDEFGHIJ")
     ids = await hold_many(client, flight["id"], seats(100))
-    await eventually(all_expired_once(settings.db_path, ids), timeout=6, interval=0.2)
-    causes = {r[0][0] for r in expiry_rows(settings.db_path, ids).values()}
+    await eventually(all_expired_once(settings.db_target, ids), timeout=6, interval=0.2)
+    causes = {r[0][0] for r in expiry_rows(settings.db_target, ids).values()}
     assert causes == {"sweeper"}
 
 
@@ -85,7 +84,7 @@ async def test_holds_expire_while_the_subscription_is_killed_again_and_again(
     client = await make_client(settings.replace(hold_ttl=1.0, sweep_interval=1.0))
     flight = await new_flight(client, rows=30, seat_letters="ABCDEFGHIJ")
     ids = await hold_many(client, flight["id"], seats(300))
-    check = all_expired_once(settings.db_path, ids)
+    check = all_expired_once(settings.db_target, ids)
     deadline = time.monotonic() + 10
     kills = 0
     while not await check():
@@ -112,8 +111,8 @@ async def test_holds_expire_with_keyspace_events_off(
     await redis.config_set("notify-keyspace-events", "")
     flight = await new_flight(client)
     ids = await hold_many(client, flight["id"], seats(10, "ABCDE"))
-    await eventually(all_expired_once(settings.db_path, ids), timeout=4, interval=0.1)
-    causes = {r[0][0] for r in expiry_rows(settings.db_path, ids).values()}
+    await eventually(all_expired_once(settings.db_target, ids), timeout=4, interval=0.1)
+    causes = {r[0][0] for r in expiry_rows(settings.db_target, ids).values()}
     assert causes == {"sweeper"}
 
 
@@ -127,7 +126,7 @@ async def test_start_up_refuses_when_events_are_required_but_off(
     )
     server.start()
     try:
-        base = Settings(redis_url=server.url, db=tmp_path / "db.sqlite3", data_dir=tmp_path)
+        base = Settings(redis_url=server.url, db=str(tmp_path / "db.sqlite3"), data_dir=tmp_path)
         runner = aiohttp.web.AppRunner(create_app(base.replace(require_keyspace_events=True)))
         with pytest.raises(StartupError, match="expiry events"):
             await runner.setup()
@@ -152,20 +151,20 @@ async def test_standalone_persister_killed_and_restarted_catches_up(
     client = await make_client(
         settings.replace(hold_ttl=1.0, persister_enabled=False, sweep_interval=0)
     )
-    args = ["--redis-url", redis_server.url, "--db", str(settings.db_path)]
+    args = ["--redis-url", redis_server.url, "--db", settings.db_target]
     flight = await new_flight(client, rows=20, seat_letters="ABCDEFGHIJ")
     ids = await hold_many(client, flight["id"], seats(200))
     await asyncio.sleep(1.5)  # every hold lapses while no persister runs
-    assert not any(expiry_rows(settings.db_path, ids).values())
+    assert not any(expiry_rows(settings.db_target, ids).values())
 
     persister = services(args, command="persister")
-    await eventually(all_expired_once(settings.db_path, ids), timeout=5, interval=0.2)
+    await eventually(all_expired_once(settings.db_target, ids), timeout=5, interval=0.2)
     more = await hold_many(client, flight["id"], seats(200))
     persister.stop(signal.SIGKILL)
     await asyncio.sleep(1.5)
-    assert not any(expiry_rows(settings.db_path, more).values())
+    assert not any(expiry_rows(settings.db_target, more).values())
     persister.start()
-    await eventually(all_expired_once(settings.db_path, more), timeout=5, interval=0.2)
+    await eventually(all_expired_once(settings.db_target, more), timeout=5, interval=0.2)
     persister.stop(signal.SIGTERM)
     assert persister.proc is not None and persister.proc.returncode == 0
 
@@ -183,12 +182,11 @@ async def test_expiry_bound_with_100k_unrelated_ttl_keys(
     client = await make_client(settings.replace(hold_ttl=2.0))
     flight = await new_flight(client, rows=100, seat_letters="ABCDEFGHIJ")
     ids = await hold_many(client, flight["id"], seats(1000))
-    await eventually(all_expired_once(settings.db_path, ids), timeout=12, interval=0.2)
+    await eventually(all_expired_once(settings.db_target, ids), timeout=12, interval=0.2)
 
-    with sqlite3.connect(settings.db_path) as conn:
-        deadlines = dict(conn.execute("SELECT id, hold_expires_at FROM bookings"))
+    deadlines = dict(query(settings.db_target, "SELECT id, hold_expires_at FROM bookings"))
     lags = sorted(
-        rows[0][1] - deadlines[bid] for bid, rows in expiry_rows(settings.db_path, ids).items()
+        rows[0][1] - deadlines[bid] for bid, rows in expiry_rows(settings.db_target, ids).items()
     )
     assert lags[-1] <= 3000, f"max lag {lags[-1]} ms"
     free = await (await client.get(f"/api/flights/{flight['id']}/")).json()
@@ -219,7 +217,7 @@ async def test_a_paused_persister_dropped_for_overflowing_pubsub_output_catches_
         settings.replace(hold_ttl=1.0, persister_enabled=False, sweep_interval=0)
     )
     persister = services(
-        ["--redis-url", redis_server.url, "--db", str(settings.db_path)], command="persister"
+        ["--redis-url", redis_server.url, "--db", settings.db_target], command="persister"
     )
     await eventually(lambda: _true_when(subscribers(), 1), timeout=5)
     flights = [
@@ -236,12 +234,12 @@ async def test_a_paused_persister_dropped_for_overflowing_pubsub_output_catches_
             ids += await hold_groups(client, flight_id, groups)
         await eventually(lambda: _true_when(subscribers(), 0), timeout=15, interval=0.2)
         # Nothing recorded them yet, and their seats can be held again at once.
-        assert not any(expiry_rows(settings.db_path, ids).values())
+        assert not any(expiry_rows(settings.db_target, ids).values())
         again = await hold_groups(client, flights[0], [row_seats[:4]])
     finally:
         persister.proc.send_signal(signal.SIGCONT)
     # Within S + 5 s of running again (S = 1 s in the scenario); the hold taken again too.
-    await eventually(all_expired_once(settings.db_path, ids + again), timeout=6, interval=0.2)
+    await eventually(all_expired_once(settings.db_target, ids + again), timeout=6, interval=0.2)
     await eventually(lambda: _true_when(subscribers(), 1), timeout=5)
     persister.stop(signal.SIGTERM)
     assert persister.proc.returncode == 0

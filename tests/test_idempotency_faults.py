@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
 
 from holdsvc import EmbeddedRedis, Settings
@@ -64,6 +65,7 @@ def _check_answers(firsts: dict[str, tuple[int, Any]], finals: dict[str, tuple[i
         assert finals[key] == (status, answer), f"{key}: first {status}, retry {finals[key]}"
 
 
+@pytest.mark.sqlite_only  # kills the SQLite writer process
 async def test_keyed_pays_and_holds_survive_the_sql_writer_killed(
     make_client: Callable[..., Any], settings: Settings, redis: Redis
 ) -> None:
@@ -139,14 +141,15 @@ async def test_keyed_pays_and_holds_survive_the_sql_writer_killed(
         assert await _post(client, "/api/bookings/", key, body) == finals[key], key
 
     async def settled() -> bool:
-        return unsettled(settings.db_path) == []
+        return unsettled(settings.db_target) == []
 
     await eventually(settled, timeout=10, interval=0.2)
-    await check_invariants(settings.db_path, settings.gateway_ledger_path, redis, fid)
+    await check_invariants(settings.db_target, settings.gateway_ledger_path, redis, fid)
 
 
 async def test_keyed_pays_and_holds_survive_the_service_killed(
     tmp_path: Path,
+    db: str,
     redis_server: EmbeddedRedis,
     redis: Redis,
     services: Callable[..., ServiceProcess],
@@ -155,6 +158,7 @@ async def test_keyed_pays_and_holds_survive_the_service_killed(
     args = [
         "--redis-url", redis_server.url,
         "--data-dir", str(tmp_path),
+        "--db", db,
         "--hold-ttl", "4",
         "--payment-window", "1",
         "--gateway-timeout", "0.5",
@@ -222,8 +226,6 @@ async def test_keyed_pays_and_holds_survive_the_service_killed(
         assert len(held) == N
         for key, (url, body) in requests.items():
             assert await _post(http, survivor.base + url, key, body) == finals[key], key
-
-    db = tmp_path / "holdsvc.sqlite3"
 
     async def settled() -> bool:
         return unsettled(db) == []

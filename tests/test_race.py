@@ -1,11 +1,10 @@
 """Invariant 1 under contention: racing clients, across two service processes sharing one
-Redis and one SQLite file, never get one seat into two bookings."""
+Redis and one database (SQLite or PostgreSQL), never get one seat into two bookings."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from redis.asyncio import Redis
 
 from holdsvc.embedded_redis import EmbeddedRedis
 from tests.helpers import SMALL_FLIGHT, ServiceProcess
+from tests.sql import query
 
 CLIENTS = 240
 SEATS = [f"{r}{c}" for r in (1, 2) for c in "ABCDE"]
@@ -23,12 +23,12 @@ SEATS = [f"{r}{c}" for r in (1, 2) for c in "ABCDE"]
 
 async def test_racing_clients_across_processes_never_share_a_seat(
     tmp_path: Path,
+    db: str,
     redis_server: EmbeddedRedis,
     redis: Redis,
     services: Callable[..., ServiceProcess],
 ) -> None:
-    db = tmp_path / "shared.sqlite3"
-    args = ["--redis-url", redis_server.url, "--db", str(db), "--data-dir", str(tmp_path)]
+    args = ["--redis-url", redis_server.url, "--db", db, "--data-dir", str(tmp_path)]
     nodes = [services(args), services(args)]
     rng = random.Random(7)
     gate = asyncio.Event()
@@ -79,16 +79,17 @@ async def test_racing_clients_across_processes_never_share_a_seat(
                 assert resp.status == 200
                 assert (await resp.json())["state"] == "CONFIRMED"
 
-    with sqlite3.connect(db) as conn:
-        doubled = conn.execute(
-            "SELECT flight_id, seat, count(*) FROM booking_seats WHERE live = 1"
-            " GROUP BY flight_id, seat HAVING count(*) > 1"
-        ).fetchall()
-        assert doubled == []
-        confirmed = conn.execute(
-            "SELECT bs.seat FROM booking_seats bs JOIN bookings b ON b.id = bs.booking_id"
-            " WHERE b.state = 'CONFIRMED'"
-        ).fetchall()
-        assert sorted(s for (s,) in confirmed) == sorted(held)
-        booked_rows = conn.execute("SELECT count(*) FROM bookings").fetchone()[0]
-        assert booked_rows == len(winners)
+    doubled = query(
+        db,
+        "SELECT flight_id, seat, count(*) FROM booking_seats WHERE live"
+        " GROUP BY flight_id, seat HAVING count(*) > 1",
+    )
+    assert doubled == []
+    confirmed = query(
+        db,
+        "SELECT bs.seat FROM booking_seats bs JOIN bookings b ON b.id = bs.booking_id"
+        " WHERE b.state = 'CONFIRMED'",
+    )
+    assert sorted(s for (s,) in confirmed) == sorted(held)
+    [(booked_rows,)] = query(db, "SELECT count(*) FROM bookings")
+    assert booked_rows == len(winners)

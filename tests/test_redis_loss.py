@@ -113,13 +113,15 @@ async def test_redis_sigkill_under_load(
 
     # Every lapsed hold and every open payment ends within the bound.
     async def all_settled() -> bool:
-        return unsettled(settings.db_path) == []
+        return unsettled(settings.db_target) == []
 
     await eventually(all_settled, timeout=10, interval=0.2)
     async with Redis.from_url(redis_server.url) as redis:
         # The sweeper has restored the flight into the new Redis by now.
         await eventually(lambda: _marker_set(redis, flight["id"]), timeout=5, interval=0.1)
-        await check_invariants(settings.db_path, settings.gateway_ledger_path, redis, flight["id"])
+        await check_invariants(
+            settings.db_target, settings.gateway_ledger_path, redis, flight["id"]
+        )
     for bid in confirmed:
         body = await (await client.get(f"/api/bookings/{bid}/")).json()
         assert body["state"] == "CONFIRMED", body

@@ -219,6 +219,6 @@ async def test_the_embedded_redis_killed_under_hold_traffic(
                 assert resp.status == 409, await resp.text()
     async with Redis.from_url(url) as redis:
         await check_invariants(
-            data / "holdsvc.sqlite3", data / "mock-gateway.sqlite3", redis, flight
+            str(data / "holdsvc.sqlite3"), data / "mock-gateway.sqlite3", redis, flight
         )
     node.stop()

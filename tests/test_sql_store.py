@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -31,16 +32,18 @@ from persistence.records import (
     now_ms,
 )
 from persistence.sqlite_store import SqlStore
+from persistence.stores import AnyStore, open_store
 from persistence.writer import Call, GroupCommitWriter, WriterClosed
 from tests.helpers import eventually, hold, insert_held, new_flight, seat_map
+from tests.sql import execute
 
 SUPERSEDE = move(State.EXPIRED, "superseded")
 FLIGHT = NewFlight("HS9", "DEL", "BOM", "2026-12-01T09:30:00Z", 2, "AB", "10.00", "INR")
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    s = await SqlStore.open(tmp_path / "store.sqlite3")
+async def store(db: str) -> AsyncIterator[AnyStore]:
+    s = await open_store(db)
     try:
         yield s
     finally:
@@ -61,13 +64,14 @@ def booking(bid: str, flight_id: int, seats: list[str]) -> NewBooking:
     )
 
 
+@pytest.mark.sqlite_only
 async def test_every_connection_is_wal_and_synchronous_full(store: SqlStore) -> None:
     # Asked on the store's own connections: the writer process's and the reader's.
     wanted = {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 10_000}
     assert await store.pragmas() == {"writer": wanted, "reader": wanted}
 
 
-async def test_a_sold_seat_cannot_be_written_to_a_second_booking(store: SqlStore) -> None:
+async def test_a_sold_seat_cannot_be_written_to_a_second_booking(store: AnyStore, db: str) -> None:
     flight = await store.create_flight(FLIGHT)
     supersede = move(State.EXPIRED, "superseded")
     await insert_held(store, booking("a", flight.id, ["1A"]), supersede)
@@ -81,15 +85,16 @@ async def test_a_sold_seat_cannot_be_written_to_a_second_booking(store: SqlStore
     assert await store.live_seats(flight.id) == [("1A", "a", "CONFIRMED")]
 
     # Below the store's own check, the unique index refuses it too.
-    with sqlite3.connect(store.path) as conn, pytest.raises(sqlite3.IntegrityError):
-        conn.execute(
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
+        execute(
+            db,
             "INSERT INTO booking_seats (booking_id, pos, flight_id, seat, live)"
-            " VALUES ('a', 9, ?, '1A', 1)",
-            (flight.id,),
+            " VALUES ('a', 9, ?, '1A', ?)",
+            (flight.id, True),
         )
 
 
-async def test_compare_and_set_refuses_moves_outside_the_table(store: SqlStore) -> None:
+async def test_compare_and_set_refuses_moves_outside_the_table(store: AnyStore) -> None:
     flight = await store.create_flight(FLIGHT)
     await insert_held(store, booking("c", flight.id, ["2A"]), move(State.EXPIRED, "superseded"))
     refused = await store.transition("c", move(State.REFUNDED, "refund"))
@@ -105,7 +110,7 @@ async def test_compare_and_set_refuses_moves_outside_the_table(store: SqlStore) 
     assert missing == type(missing)(False, None)
 
 
-async def test_concurrent_writes_share_commits(store: SqlStore) -> None:
+async def test_concurrent_writes_share_commits(store: AnyStore) -> None:
     flight = await store.create_flight(FLIGHT)
     before = store.writer_stats.commits
     n = 200
@@ -122,7 +127,7 @@ async def test_concurrent_writes_share_commits(store: SqlStore) -> None:
     assert len(await store.live_seats(flight.id)) == n
 
 
-async def test_a_failing_commit_observer_does_not_stop_the_writer(store: SqlStore) -> None:
+async def test_a_failing_commit_observer_does_not_stop_the_writer(store: AnyStore) -> None:
     def broken(batch: int, seconds: float) -> None:
         raise RuntimeError("observer bug")
 
@@ -235,7 +240,7 @@ def test_the_writer_process_ends_with_its_service(tmp_path: Path) -> None:
     raise AssertionError(f"writer process {writer_pid} outlived its service")
 
 
-async def test_concurrent_reads_each_get_their_own_booking(store: SqlStore) -> None:
+async def test_concurrent_reads_each_get_their_own_booking(store: AnyStore) -> None:
     flight = await store.create_flight(FLIGHT)
     await insert_held(store, booking("a", flight.id, ["1A", "2B"]), SUPERSEDE)
     await insert_held(store, booking("b", flight.id, ["1B"]), SUPERSEDE)
@@ -251,7 +256,7 @@ async def test_concurrent_reads_each_get_their_own_booking(store: SqlStore) -> N
 
 
 async def test_an_id_sqlite_cannot_encode_is_not_found_and_harms_no_other_read(
-    store: SqlStore,
+    store: AnyStore,
 ) -> None:
     flight = await store.create_flight(FLIGHT)
     await insert_held(store, booking("a", flight.id, ["1A"]), SUPERSEDE)
@@ -261,7 +266,7 @@ async def test_an_id_sqlite_cannot_encode_is_not_found_and_harms_no_other_read(
     assert bad is None
 
 
-async def test_overlapping_flight_listings_list_each_flight_once(store: SqlStore) -> None:
+async def test_overlapping_flight_listings_list_each_flight_once(store: AnyStore) -> None:
     flights = Flights(store)
     for _ in range(3):
         await store.create_flight(FLIGHT)  # as another process would: not in this cache
@@ -271,7 +276,7 @@ async def test_overlapping_flight_listings_list_each_flight_once(store: SqlStore
     assert [f.id for f in await flights.all()] == [1, 2, 3, 4]
 
 
-async def test_transitions_queued_together_each_get_their_own_answer(store: SqlStore) -> None:
+async def test_transitions_queued_together_each_get_their_own_answer(store: AnyStore) -> None:
     flight = await store.create_flight(FLIGHT)
     for bid, seat in (("a", "1A"), ("b", "1B"), ("c", "2A"), ("d", "2B")):
         await insert_held(store, booking(bid, flight.id, [seat]), SUPERSEDE)
@@ -344,6 +349,7 @@ async def test_close_during_a_restart_waits_for_the_process(tmp_path: Path) -> N
     assert writer.pid is None  # nothing started after close
 
 
+@pytest.mark.sqlite_only  # the SQLite writer process and its file
 async def test_the_service_answers_503_while_its_writer_is_replaced(
     client: TestClient[Any, Any], settings: Settings
 ) -> None:

@@ -166,6 +166,12 @@ class Bookings:
             return booking
         flight_id = flight_of_booking(booking_id)
         record = None if flight_id is None else await self._holds.record(flight_id, booking_id)
+        if record is None and flight_id is not None:
+            # A record is removed only after its booking's outcome is committed: one that
+            # went between the two reads (an expiry, a pay elsewhere) left the booking in SQL.
+            booking = await self._store.get_booking(booking_id)
+            if booking is not None and may_see(actor, booking):
+                return booking
         if record is None or not may_see(actor, held := held_booking(record)):
             raise NotFound("Booking not found")
         if record.deadline_ms > now_ms():

@@ -1,0 +1,808 @@
+"""The PostgreSQL store (asyncpg): the same tables, moves and answers as the SQLite store, for
+many API processes on many machines sharing one database.
+
+Every state change is a compare-and-set under the booking's row lock (``SELECT … FOR
+UPDATE``, then the move only from the allowed sources the caller's :class:`Move` names), so
+two processes racing on one booking cannot both move it; every claim (an Idempotency-Key, a
+refund) is taken under a row lock or a unique index. Writes are group-committed, as SQLite's
+are: operations queued while a commit runs go in the next transaction together, each under a
+savepoint of its own so a refusal (the seat fence, a payment in the wrong status) rolls back
+only itself. A caller is answered only after its ``COMMIT`` returned, with
+``synchronous_commit`` left on: a ``CONFIRMED`` answer is durable.
+
+A lost connection fails what was waiting with :class:`StoreUnavailable` (outcome unknown:
+the answer is a 503); the next operation connects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from decimal import Decimal
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+
+from persistence.coalesce import Coalescer
+from persistence.notices import TransitionNotices
+from persistence.pg_schema import LATEST, migrate, version
+from persistence.records import (
+    BookingRecord,
+    Claim,
+    ClaimResult,
+    FlightRecord,
+    KeyAnswer,
+    Move,
+    Moved,
+    NewBooking,
+    NewFlight,
+    PaymentChange,
+    PaymentChanged,
+    PaymentRecord,
+    PaymentStatus,
+    SeatOwnedInSql,
+    State,
+    StoreUnavailable,
+    now_ms,
+)
+from persistence.writer import WriterStats
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+Op = Callable[[Conn], Awaitable[Any]]
+
+# What means "the database could not do it now": the connection, the server going away, a
+# deadlock between processes. Refusals of the data (SeatOwnedInSql, PaymentChanged) are not.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    OSError,
+    asyncio.TimeoutError,
+)
+# An operation a commit may hold up; past this the caller gets a 503 and the batch's fate is
+# whatever the server decided.
+CONNECT_TIMEOUT_S = 5.0
+MAX_BATCH = 500
+
+_FLIGHT_COLUMNS = (
+    "id, flight_number, origin, destination, departure_time, seat_rows, seat_letters,"
+    " price::text, currency, created_at"
+)
+_BOOKING_COLUMNS = (
+    "b.id, b.flight_id, b.user_id, b.state, b.amount::text, b.currency, b.hold_expires_at,"
+    " b.created_at, b.updated_at, p.payment_id, p.method, p.status, p.amount::text,"
+    " p.currency, p.idem_key, p.refund_key, b.owner"
+)
+
+
+def _booking(row: Any, seats: list[str]) -> BookingRecord:
+    return BookingRecord(
+        id=row[0], flight_id=row[1], user_id=row[2], state=row[3], seats=seats, amount=row[4],
+        currency=row[5], hold_expires_at=row[6], created_at=row[7], updated_at=row[8],
+        payment=PaymentRecord(*row[9:16]) if row[11] is not None else None, owner=row[16],
+    )  # fmt: skip
+
+
+def _flight(row: Any) -> FlightRecord:
+    return FlightRecord(*row)
+
+
+# ----- the operations: each runs inside the writer's transaction, under its own savepoint
+
+
+async def _read_booking(conn: Conn, booking_id: str) -> BookingRecord | None:
+    row = await conn.fetchrow(
+        f"SELECT {_BOOKING_COLUMNS} FROM bookings b LEFT JOIN payments p ON p.booking_id = b.id"
+        " WHERE b.id = $1",
+        booking_id,
+    )
+    if row is None:
+        return None
+    seats = await conn.fetch(
+        "SELECT seat FROM booking_seats WHERE booking_id = $1 ORDER BY pos", booking_id
+    )
+    return _booking(row, [r[0] for r in seats])
+
+
+async def _store_answer(
+    conn: Conn, answer: KeyAnswer, record: BookingRecord | FlightRecord
+) -> None:
+    """The effect and its answer commit together; the first answer stored wins."""
+    await conn.execute(
+        "UPDATE idempotency_keys SET outcome = $1, record = $2"
+        " WHERE key = $3 AND status IS NULL AND outcome IS NULL",
+        answer.outcome,
+        json.dumps(dataclasses.asdict(record)).encode(),
+        answer.key,
+    )
+
+
+async def _answered(conn: Conn, booking_id: str, answer: KeyAnswer | None) -> BookingRecord | None:
+    if answer is None:
+        return None
+    record = await _read_booking(conn, booking_id)
+    assert record is not None
+    await _store_answer(conn, answer, record)
+    return record
+
+
+async def _move(conn: Conn, booking_id: str, move: Move, at: int) -> Moved:
+    """The compare-and-set: the row locked, then moved only from an allowed source."""
+    row = await conn.fetchrow(
+        "SELECT state, hold_expires_at FROM bookings WHERE id = $1 FOR UPDATE", booking_id
+    )
+    if row is None or row[0] not in move.sources:
+        return Moved(False, row[0] if row else None)
+    current, deadline = row
+    await conn.execute(
+        "WITH moved AS (UPDATE bookings SET state = $2, updated_at = $3 WHERE id = $1)"
+        " INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
+        " VALUES ($1, $4, $2, $5, $3)",
+        booking_id, move.target, at, current, move.cause,
+    )  # fmt: skip
+    if not move.seats_live:
+        await conn.execute(
+            "UPDATE booking_seats SET live = false WHERE booking_id = $1", booking_id
+        )
+    return Moved(True, move.target, current, deadline)
+
+
+async def _change_payment(conn: Conn, booking_id: str, change: PaymentChange, at: int) -> None:
+    if change.expect is None:
+        await _insert_payment(conn, booking_id, change, at)
+        return
+    updated = await conn.fetchval(
+        "WITH changed AS (UPDATE payments SET status = $1, payment_id = COALESCE($2, payment_id),"
+        " updated_at = $3, refund_key = COALESCE($4, refund_key)"
+        " WHERE booking_id = $5 AND status = ANY($6::text[]) RETURNING 1)"
+        " SELECT count(*) FROM changed",
+        change.status, change.payment_id, at, change.idem_key, booking_id, list(change.expect),
+    )  # fmt: skip
+    if updated != 1:
+        status = await conn.fetchval(
+            "SELECT status FROM payments WHERE booking_id = $1", booking_id
+        )
+        raise PaymentChanged(booking_id, status)
+
+
+async def _insert_payment(conn: Conn, booking_id: str, c: PaymentChange, at: int) -> None:
+    await conn.execute(
+        "INSERT INTO payments (booking_id, payment_id, method, status, amount, currency,"
+        " idem_key, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        booking_id, c.payment_id, c.method, c.status, Decimal(c.amount), c.currency, c.idem_key,
+        at,
+    )  # fmt: skip
+
+
+async def _write_booking(
+    conn: Conn,
+    b: NewBooking,
+    move: Move,
+    supersede: Move,
+    at: int,
+    payment: PaymentChange | None,
+    answer: KeyAnswer | None,
+) -> tuple[Moved, list[tuple[str, Moved]]]:
+    """A booking enters SQL from its Redis hold, already moved by ``move``: its row, seats,
+    history (created, held at its creation, then ``move``) and the payment a pay starts.
+    A booking already in SQL is left as it is. A seat SQL says another booking owns for
+    good raises SeatOwnedInSql; a live holder Redis no longer knows is superseded."""
+    exists = await conn.fetchval("SELECT state FROM bookings WHERE id = $1 FOR UPDATE", b.id)
+    if exists is not None:
+        return Moved(False, exists), []
+    superseded: list[tuple[str, Moved]] = []
+    if move.seats_live:
+        rows = await conn.fetch(
+            "SELECT bs.booking_id, bk.state FROM booking_seats bs"
+            " JOIN bookings bk ON bk.id = bs.booking_id"
+            " WHERE bs.flight_id = $1 AND bs.live AND bs.seat = ANY($2::text[])"
+            " ORDER BY bs.booking_id FOR UPDATE OF bk",
+            b.flight_id, b.seats,
+        )  # fmt: skip
+        owners = list(dict.fromkeys((r[0], r[1]) for r in rows))
+        blocking = {bid: state for bid, state in owners if state not in supersede.sources}
+        if blocking:
+            raise SeatOwnedInSql(blocking)
+        superseded = [(bid, await _move(conn, bid, supersede, at)) for bid, _ in owners]
+    written = await conn.fetchval(
+        "INSERT INTO bookings (id, flight_id, user_id, state, amount, currency,"
+        " hold_expires_at, created_at, updated_at, owner)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"
+        " RETURNING 1",
+        b.id, b.flight_id, b.user_id, move.target, Decimal(b.amount), b.currency,
+        b.hold_expires_at, b.created_at, at, b.owner,
+    )  # fmt: skip
+    if written is None:  # another process wrote it since the check, and committed
+        state = await conn.fetchval("SELECT state FROM bookings WHERE id = $1", b.id)
+        return Moved(False, state), []
+    seats = await conn.fetchval(
+        "WITH s AS (INSERT INTO booking_seats (booking_id, pos, flight_id, seat, live)"
+        " SELECT $1, s.pos - 1, $2, s.seat, $3"
+        " FROM unnest($4::text[]) WITH ORDINALITY AS s(seat, pos)"
+        " ON CONFLICT (flight_id, seat) WHERE live DO NOTHING RETURNING 1)"
+        " SELECT count(*) FROM s",
+        b.id, b.flight_id, move.seats_live, b.seats,
+    )  # fmt: skip
+    if seats != len(b.seats):
+        # Another process's booking took a seat for good after the check: the fence.
+        raise SeatOwnedInSql({"another process's booking": "live"})
+    history = [(State.INITIATED.value, State.SEAT_HELD.value, "hold", b.created_at)]
+    if move.target != State.SEAT_HELD.value:
+        history.append((State.SEAT_HELD.value, move.target, move.cause, at))
+    await conn.executemany(
+        "INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        [(b.id, *h) for h in history],
+    )
+    if payment is not None:
+        await _insert_payment(conn, b.id, payment, at)
+    record = await _answered(conn, b.id, answer)
+    moved = Moved(True, move.target, State.SEAT_HELD.value, b.hold_expires_at, record)
+    return moved, superseded
+
+
+async def _transition(
+    conn: Conn,
+    booking_id: str,
+    move: Move,
+    at: int,
+    payment: PaymentChange | None,
+    hold_expires_at: int | None,
+    answer: KeyAnswer | None,
+) -> Moved:
+    moved = await _move(conn, booking_id, move, at)
+    if moved.moved:
+        if payment is not None:
+            await _change_payment(conn, booking_id, payment, at)
+        if hold_expires_at is not None:
+            await conn.execute(
+                "UPDATE bookings SET hold_expires_at = $1 WHERE id = $2",
+                hold_expires_at,
+                booking_id,
+            )
+        record = await _answered(conn, booking_id, answer)
+        if record is not None:
+            moved = dataclasses.replace(moved, record=record)
+    return moved
+
+
+async def _create_flight(
+    conn: Conn, flight: NewFlight, at: int, answer: KeyAnswer | None
+) -> tuple[int, int]:
+    if answer is not None:
+        done = await conn.fetchval(
+            "SELECT record FROM idempotency_keys WHERE key = $1 AND outcome = $2",
+            answer.key,
+            answer.outcome,
+        )
+        if done is not None:
+            made = json.loads(done)
+            return int(made["id"]), int(made["created_at"])
+    flight_id = await conn.fetchval(
+        "INSERT INTO flights (flight_number, origin, destination, departure_time, seat_rows,"
+        " seat_letters, price, currency, created_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        flight.flight_number, flight.origin, flight.destination, flight.departure_time,
+        flight.rows, flight.seat_letters, Decimal(flight.price), flight.currency, at,
+    )  # fmt: skip
+    if answer is not None:
+        record = FlightRecord(flight_id, created_at=at, **_flight_fields(flight))
+        await _store_answer(conn, answer, record)
+    return int(flight_id), at
+
+
+def _flight_fields(flight: NewFlight) -> dict[str, Any]:
+    return dataclasses.asdict(flight)
+
+
+async def _claim_key(
+    conn: Conn, key: str, fingerprint: bytes, owner: str, at: int, stale_ms: int, ttl_ms: int
+) -> ClaimResult:
+    inserted = await conn.fetchval(
+        "INSERT INTO idempotency_keys (key, fingerprint, started_at, owner, alive_at)"
+        " VALUES ($1, $2, $3, $4, $3) ON CONFLICT (key) DO NOTHING RETURNING 1",
+        key, fingerprint, at, owner,
+    )  # fmt: skip
+    if inserted:
+        return ClaimResult(Claim.NEW)
+    row = await conn.fetchrow(
+        "SELECT fingerprint, status, body, started_at, alive_at, outcome, record"
+        " FROM idempotency_keys WHERE key = $1 FOR UPDATE",
+        key,
+    )
+    if row is not None and row[3] >= at - ttl_ms:
+        stored_fp, status, body, _, alive_at, outcome, record = row
+        if bytes(stored_fp) != fingerprint:
+            return ClaimResult(Claim.MISMATCH)
+        if outcome is not None:
+            return ClaimResult(Claim.REPLAY, outcome=outcome, record=bytes(record))
+        if status is not None:
+            return ClaimResult(Claim.REPLAY, status, bytes(body))
+        if alive_at is not None and alive_at >= at - stale_ms:
+            return ClaimResult(Claim.RUNNING)
+    # Expired, or nobody renews it: the retry takes it over (as in sqlite_keys.py).
+    await conn.execute(
+        "INSERT INTO idempotency_keys (key, fingerprint, started_at, owner, alive_at)"
+        " VALUES ($1, $2, $3, $4, $3) ON CONFLICT (key) DO UPDATE SET"
+        " fingerprint = EXCLUDED.fingerprint, status = NULL, body = NULL,"
+        " started_at = EXCLUDED.started_at, owner = EXCLUDED.owner,"
+        " alive_at = EXCLUDED.alive_at, outcome = NULL, record = NULL",
+        key, fingerprint, at, owner,
+    )  # fmt: skip
+    return ClaimResult(Claim.NEW)
+
+
+# ----- the group-commit writer
+
+
+@dataclasses.dataclass(slots=True)
+class _Queued:
+    op: Op
+    future: asyncio.Future[Any]
+
+
+class _Writer:
+    """Runs queued operations in one transaction per turn, on one connection of its own."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._queue: list[_Queued] = []
+        self._wake = asyncio.Event()
+        self._conn: Conn | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.on_commit: Callable[[int, float], None] | None = None
+        self.stats = WriterStats()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await asyncio.wait_for(self._conn.close(), 2)
+
+    async def submit(self, op: Op) -> Any:
+        if self._closing:
+            raise StoreUnavailable("the PostgreSQL store is closing")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(op, future))
+        self._wake.set()
+        return await future
+
+    @property
+    def backend_pid(self) -> int | None:
+        conn = self._conn
+        return conn.get_server_pid() if conn is not None and not conn.is_closed() else None
+
+    async def _connection(self) -> Conn:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S)
+        return self._conn
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                await self._commit(batch)
+            if self._closing and not self._queue:
+                return
+
+    async def _commit(self, batch: list[_Queued]) -> None:
+        started = time.perf_counter()
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                for item in batch:
+                    try:
+                        async with conn.transaction():  # a savepoint: a refusal undoes itself
+                            results.append((True, await item.op(conn)))
+                    except CONNECTION_ERRORS:
+                        raise
+                    except asyncpg.PostgresError as exc:
+                        if not isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+                            raise
+                        results.append((False, exc))
+                    except (SeatOwnedInSql, PaymentChanged) as exc:
+                        results.append((False, exc))
+        except CONNECTION_ERRORS as exc:
+            # The COMMIT may or may not have happened: every caller is told it is unknown.
+            await self._drop()
+            lost = StoreUnavailable(f"PostgreSQL connection lost: {exc!s}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(lost)
+            return
+        except BaseException as exc:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.stats.commits += 1
+        self.stats.ops += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        if self.on_commit is not None:
+            try:
+                self.on_commit(len(batch), time.perf_counter() - started)
+            except Exception:  # an observer's bug must not stop the writes
+                log.exception("the commit observer failed")
+        for item, (ok, value) in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if ok:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(value)
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+
+class PgStore(TransitionNotices):
+    failures: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, StoreUnavailable)
+
+    def __init__(self, dsn: str, pool: asyncpg.Pool, writer: _Writer) -> None:
+        super().__init__()
+        self.dsn = dsn
+        self._pool = pool
+        self._writer = writer
+        self.applied_migrations: list[int] = []
+        self._bookings: Coalescer[str, None, BookingRecord] = Coalescer(self._get_bookings)
+
+    @classmethod
+    async def open(cls, dsn: str) -> PgStore:
+        conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close()
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=8, timeout=CONNECT_TIMEOUT_S, command_timeout=30
+        )
+        writer = _Writer(dsn)
+        writer.start()
+        store = cls(dsn, pool, writer)
+        store.applied_migrations = applied
+        return store
+
+    async def close(self) -> None:
+        try:
+            await self._writer.close()
+        finally:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await asyncio.wait_for(self._pool.close(), 5)
+
+    def on_commit(self, observer: Callable[[int, float], None]) -> None:
+        self._writer.on_commit = observer
+
+    @property
+    def writer_stats(self) -> WriterStats:
+        return self._writer.stats
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The server process running this store's writes (its writer connection's backend),
+        while connected: as SQLite's writer_pid names its writer process."""
+        return self._writer.backend_pid
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        try:
+            return list(await self._pool.fetch(sql, *args))
+        except CONNECTION_ERRORS as exc:
+            raise StoreUnavailable(f"PostgreSQL unavailable: {exc!s}") from exc
+
+    async def ping(self) -> bool:
+        rows = await self._fetch("SELECT 1")
+        return bool(rows and rows[0][0] == 1)
+
+    async def schema_version(self) -> int:
+        async with self._pool.acquire() as conn:
+            return await version(conn)
+
+    # ----- flights
+
+    async def create_flight(
+        self, flight: NewFlight, answer: KeyAnswer | None = None
+    ) -> FlightRecord:
+        at = now_ms()
+        flight_id, created = await self._writer.submit(
+            lambda c: _create_flight(c, flight, at, answer)
+        )
+        return FlightRecord(id=flight_id, created_at=created, **_flight_fields(flight))
+
+    async def get_flight(self, flight_id: int) -> FlightRecord | None:
+        if not 0 <= flight_id < 2**63:
+            return None
+        rows = await self._fetch(f"SELECT {_FLIGHT_COLUMNS} FROM flights WHERE id = $1", flight_id)
+        return _flight(rows[0]) if rows else None
+
+    async def list_flights(self, after_id: int = 0) -> list[FlightRecord]:
+        rows = await self._fetch(
+            f"SELECT {_FLIGHT_COLUMNS} FROM flights WHERE id > $1 ORDER BY id", after_id
+        )
+        return [_flight(r) for r in rows]
+
+    async def find_flight(self, flight_number: str, departure_time: str) -> FlightRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_FLIGHT_COLUMNS} FROM flights WHERE flight_number = $1"
+            " AND departure_time = $2 ORDER BY id LIMIT 1",
+            flight_number,
+            departure_time,
+        )
+        return _flight(rows[0]) if rows else None
+
+    # ----- bookings
+
+    async def insert_booking(
+        self,
+        booking: NewBooking,
+        move: Move,
+        supersede: Move,
+        payment: PaymentChange | None = None,
+        answer: KeyAnswer | None = None,
+    ) -> tuple[Moved, list[str]]:
+        at = now_ms()
+        moved, superseded = await self._writer.submit(
+            lambda c: _write_booking(c, booking, move, supersede, at, payment, answer)
+        )
+        for bid, old in superseded:
+            self._notify(bid, old, supersede, at)
+        self._notify_inserted(booking, moved, move, at)
+        return moved, [bid for bid, _ in superseded]
+
+    async def end_holds(
+        self, booking_ids: Sequence[str], records: dict[str, NewBooking], move: Move
+    ) -> list[str]:
+        at = now_ms()
+        ids = list(booking_ids)
+
+        async def run(conn: Conn) -> list[tuple[str, Moved]]:
+            out = []
+            for bid in ids:
+                moved = await _move(conn, bid, move, at)
+                if not moved.moved and moved.state is None and bid in records:
+                    moved, _ = await _write_booking(conn, records[bid], move, move, at, None, None)
+                out.append((bid, moved))
+            return out
+
+        outcomes = await self._writer.submit(run)
+        for bid, moved in outcomes:
+            if bid in records and moved.previous == State.SEAT_HELD.value:
+                self._notify_inserted(records[bid], moved, move, at)
+            else:
+                self._notify(bid, moved, move, at)
+        return [bid for bid, moved in outcomes if moved.moved]
+
+    async def transition(
+        self,
+        booking_id: str,
+        move: Move,
+        *,
+        payment: PaymentChange | None = None,
+        hold_expires_at: int | None = None,
+        answer: KeyAnswer | None = None,
+    ) -> Moved:
+        at = now_ms()
+        moved: Moved = await self._writer.submit(
+            lambda c: _transition(c, booking_id, move, at, payment, hold_expires_at, answer)
+        )
+        self._notify(booking_id, moved, move, at)
+        return moved
+
+    async def transition_many(self, booking_ids: Sequence[str], move: Move) -> list[str]:
+        at = now_ms()
+        ids = list(booking_ids)
+
+        async def run(conn: Conn) -> list[tuple[str, Moved]]:
+            return [(bid, await _move(conn, bid, move, at)) for bid in ids]
+
+        outcomes = await self._writer.submit(run)
+        for bid, moved in outcomes:
+            self._notify(bid, moved, move, at)
+        return [bid for bid, moved in outcomes if moved.moved]
+
+    async def change_payment(
+        self, booking_id: str, change: PaymentChange, *, booking_in: Collection[str]
+    ) -> Moved:
+        at = now_ms()
+        states = list(booking_in)
+
+        async def run(conn: Conn) -> Moved:
+            state = await conn.fetchval(
+                "SELECT state FROM bookings WHERE id = $1 FOR UPDATE", booking_id
+            )
+            if state is None or state not in states:
+                return Moved(False, state)
+            await _change_payment(conn, booking_id, change, at)
+            return Moved(True, state)
+
+        moved: Moved = await self._writer.submit(run)
+        return moved
+
+    async def get_booking(self, booking_id: str) -> BookingRecord | None:
+        if not booking_id.isascii() or "\x00" in booking_id:
+            return None  # no booking id is; PostgreSQL refuses NUL in text
+        return await self._bookings.get(booking_id, None)
+
+    async def _get_bookings(self, wanted: dict[str, None]) -> dict[str, BookingRecord]:
+        rows = await self._fetch(
+            f"SELECT {_BOOKING_COLUMNS}, bs.seat FROM bookings b"
+            " LEFT JOIN payments p ON p.booking_id = b.id"
+            " LEFT JOIN booking_seats bs ON bs.booking_id = b.id"
+            " WHERE b.id = ANY($1::text[]) ORDER BY b.id, bs.pos",
+            list(wanted),
+        )
+        seats: dict[str, list[str]] = {}
+        first: dict[str, Any] = {}
+        for row in rows:
+            first.setdefault(row[0], row)
+            booked = seats.setdefault(row[0], [])
+            if row[-1] is not None:
+                booked.append(row[-1])
+        return {bid: _booking(row, seats[bid]) for bid, row in first.items()}
+
+    async def find_bookings(
+        self, *, user_id: str | None = None, state: str | None = None, limit: int = 50
+    ) -> list[BookingRecord]:
+        rows = await self._fetch(
+            "SELECT id FROM bookings WHERE ($1::text IS NULL OR user_id = $1)"
+            " AND ($2::text IS NULL OR state = $2) ORDER BY created_at DESC, id DESC LIMIT $3",
+            user_id,
+            state,
+            limit,
+        )
+        ids = [r[0] for r in rows]
+        found = await self._get_bookings(dict.fromkeys(ids)) if ids else {}
+        return [found[bid] for bid in ids if bid in found]
+
+    async def unsettled_payments(
+        self, deadline_before_ms: int, touched_before_ms: int, limit: int
+    ) -> list[str]:
+        rows = await self._fetch(
+            "SELECT b.id FROM bookings b JOIN payments p ON p.booking_id = b.id"
+            f" WHERE b.state = '{State.PAYMENT_PENDING}'"
+            " AND (b.hold_expires_at < $1 OR p.updated_at < $2)"
+            " UNION SELECT p.booking_id FROM payments p JOIN bookings b ON b.id = p.booking_id"
+            f" WHERE p.status = '{PaymentStatus.PENDING}' AND b.state != '{State.PAYMENT_PENDING}'"
+            " AND p.updated_at < $2"
+            " UNION SELECT booking_id FROM payments"
+            f" WHERE status = '{PaymentStatus.REFUNDING}' AND updated_at < $2"
+            " LIMIT $3",
+            deadline_before_ms,
+            touched_before_ms,
+            limit,
+        )
+        return [r[0] for r in rows]
+
+    async def overdue(self, states: Collection[str], before_ms: int, limit: int) -> list[str]:
+        rows = await self._fetch(
+            "SELECT id FROM bookings WHERE state = ANY($1::text[]) AND hold_expires_at < $2"
+            " ORDER BY hold_expires_at LIMIT $3",
+            list(states),
+            before_ms,
+            limit,
+        )
+        return [r[0] for r in rows]
+
+    async def count_by_state(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT state, count(*) FROM bookings GROUP BY state")
+        return {r[0]: r[1] for r in rows}
+
+    async def states_of(self, booking_ids: Collection[str]) -> dict[str, str]:
+        rows = await self._fetch(
+            "SELECT id, state FROM bookings WHERE id = ANY($1::text[])", list(booking_ids)
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def transitions_of(self, booking_id: str) -> list[tuple[str, str, str]]:
+        rows = await self._fetch(
+            "SELECT from_state, to_state, cause FROM transitions WHERE booking_id = $1 ORDER BY id",
+            booking_id,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def live_bookings(self, flight_id: int) -> list[tuple[str, str, list[str]]]:
+        rows = await self._fetch(
+            "SELECT bs.booking_id, b.state, bs.seat FROM booking_seats bs"
+            " JOIN bookings b ON b.id = bs.booking_id"
+            " WHERE bs.flight_id = $1 AND bs.live ORDER BY bs.booking_id, bs.pos",
+            flight_id,
+        )
+        bookings: dict[str, tuple[str, list[str]]] = {}
+        for bid, state, seat in rows:
+            bookings.setdefault(bid, (state, []))[1].append(seat)
+        return [(bid, state, seats) for bid, (state, seats) in bookings.items()]
+
+    async def live_seats(self, flight_id: int) -> list[tuple[str, str, str]]:
+        rows = await self._fetch(
+            "SELECT bs.seat, bs.booking_id, b.state FROM booking_seats bs"
+            " JOIN bookings b ON b.id = bs.booking_id"
+            " WHERE bs.flight_id = $1 AND bs.live ORDER BY bs.seat",
+            flight_id,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # ----- idempotency keys (the same rules as sqlite_keys.py)
+
+    async def claim_key(
+        self, key: str, fingerprint: bytes, *, owner: str, stale_ms: int, ttl_ms: int
+    ) -> ClaimResult:
+        at = now_ms()
+        result: ClaimResult = await self._writer.submit(
+            lambda c: _claim_key(c, key, fingerprint, owner, at, stale_ms, ttl_ms)
+        )
+        return result
+
+    async def renew_claims(self, owners: Collection[str]) -> None:
+        running, at = list(owners), now_ms()
+
+        async def run(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE idempotency_keys SET alive_at = $1 WHERE owner = ANY($2::text[])"
+                " AND status IS NULL AND outcome IS NULL",
+                at,
+                running,
+            )
+
+        await self._writer.submit(run)
+
+    async def complete_key(self, key: str, owner: str, status: int, body: bytes) -> bool:
+        async def run(conn: Conn) -> bool:
+            done = await conn.fetchval(
+                "UPDATE idempotency_keys SET status = $1, body = $2"
+                " WHERE key = $3 AND owner = $4 AND status IS NULL RETURNING 1",
+                status, body, key, owner,
+            )  # fmt: skip
+            return bool(done == 1)
+
+        changed: bool = await self._writer.submit(run)
+        return changed
+
+    async def release_key(self, key: str, owner: str) -> None:
+        async def run(conn: Conn) -> None:
+            await conn.execute(
+                "DELETE FROM idempotency_keys WHERE key = $1 AND owner = $2 AND status IS NULL",
+                key,
+                owner,
+            )
+
+        await self._writer.submit(run)
+
+    async def purge_keys(self, older_than_ms: int) -> int:
+        async def run(conn: Conn) -> int:
+            done = await conn.execute(
+                "DELETE FROM idempotency_keys WHERE started_at < $1", older_than_ms
+            )
+            return int(done.split()[-1])
+
+        deleted: int = await self._writer.submit(run)
+        return deleted
+
+
+def is_postgres(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+__all__ = ["LATEST", "PgStore", "is_postgres"]
