@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "http_holds_best.ratio_vs_http_holds": (">=", "ratio_vs_http_holds", 0.8),
     # The hold-path issue's (#13) targets.
     "lifecycle.confirms_per_s": (">=", "confirms/s", 4000),
+    # The scale-out issue's (#14).
+    "lifecycle.pg_confirms_per_s": (">=", "confirms/s", 2000),
     "expiry.lag_p99_ms": ("<=", "lag p99 ms", 500),
     "expiry.lag_max_ms": ("<=", "lag max ms", 1000),
     "expiry.stuck": ("<=", "stuck", 0),
@@ -66,7 +69,7 @@ def pg_reachable(dsn: str) -> str | None:
     try:
         import asyncpg
     except ImportError:
-        return "asyncpg is not installed (pip install -e '.[bench]')"
+        return "asyncpg is not installed (pip install -e .)"
 
     async def probe() -> None:
         conn = await asyncpg.connect(dsn, timeout=3)
@@ -133,8 +136,7 @@ def main() -> int:
                     url, work, int(z["http_seconds"]), 1000)),
                 ("contention", lambda: in_worker(
                     store.contention, url, z["seconds"], z["calls"], 64)),
-                ("lifecycle", lambda: in_worker(
-                    lifecycle.lifecycle, url, str(work), z["seconds"], z["lifecycle_calls"])),
+                ("lifecycle", lambda: _lifecycle(url, args.pg_dsn, work, z)),
                 ("expiry", lambda: in_worker(
                     recovery.expiry_only, url, str(work), z["live_holds"], z["short_holds"])),
                 ("memory", lambda: in_worker(store.memory, url, z["memory_seats"])),
@@ -202,6 +204,26 @@ def _fsync_always(
         always.stop()
 
 
+def _lifecycle(redis_url: str, dsn: str, work: Path, sizes: dict[str, float]) -> dict[str, Any]:
+    """The same lifecycle on SQLite, then on a fresh database of the PostgreSQL at ``dsn``."""
+    calls = int(sizes["lifecycle_calls"])
+    result: dict[str, Any] = in_worker(
+        lifecycle.lifecycle, redis_url, str(work), sizes["seconds"], calls
+    )
+    why = pg_reachable(dsn)
+    if why is not None:
+        result["pg"] = {"skipped": why}
+        result["pg_confirms_per_s"] = None
+        return result
+    with scratch_database(dsn) as db:
+        # Its own Redis data: the SQLite run's flights and bookings are in this Redis too.
+        _flush_url(redis_url)
+        pg = in_worker(lifecycle.lifecycle, redis_url, str(work), sizes["seconds"], calls, db)
+    result["pg"] = pg
+    result["pg_confirms_per_s"] = pg["confirms_per_s"]
+    return result
+
+
 def _peers(redis_url: str, dsn: str, work: Path, sizes: dict[str, float]) -> dict[str, Any]:
     n = int(sizes["peer_attempts"])
     secs = 60.0  # bounded by count: every peer runs the same attempts
@@ -241,6 +263,10 @@ def _violations(name: str, r: dict[str, Any]) -> int:
         bad = int(r.get("double_booked_seats", 0))
         if name == "lifecycle":
             bad += abs(r["confirmed_answers"] - r["confirmed_in_sql"])
+            pg = r.get("pg", {})
+            if "confirmed_answers" in pg:
+                bad += abs(pg["confirmed_answers"] - pg["confirmed_in_sql"])
+                bad += int(pg.get("double_booked_seats", 0))
         return bad
     if name == "expiry":
         return int(r["stuck"])
@@ -272,7 +298,7 @@ def _headline(name: str, r: dict[str, Any]) -> str:
         "peers": ("holdsvc_per_s", "postgres_per_s", "sqlite_per_s"),
         "http_holds": ("holds_per_s", "ratio_vs_noop", "ratio_vs_bare", "p99_ms"),
         "contention": ("holds_per_s", "refusals_per_s", "double_held"),
-        "lifecycle": ("confirms_per_s", "commits_per_confirm", "p99_ms"),
+        "lifecycle": ("confirms_per_s", "commits_per_confirm", "p99_ms", "pg_confirms_per_s"),
         "expiry": ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "stuck"),
         "memory": ("bytes_per_held_seat", "held_seats"),
         "workers": ("holds_per_s_1", "holds_per_s_2", "ratio_2_vs_1"),
@@ -281,13 +307,39 @@ def _headline(name: str, r: dict[str, Any]) -> str:
 
 
 def _flush(server: EmbeddedRedis) -> None:
+    _flush_url(server.url)
+
+
+def _flush_url(url: str) -> None:
     import redis
 
-    client = redis.Redis.from_url(server.url)
+    client = redis.Redis.from_url(url)
     try:
         flushall_sync(client)
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def scratch_database(dsn: str) -> Iterator[str]:
+    """A new database on the PostgreSQL at ``dsn``, dropped afterwards: its URL."""
+    import asyncpg
+
+    name = f"holdsvc_bench_{os.getpid()}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f"DROP DATABASE IF EXISTS {name}"))
+    asyncio.run(run(f"CREATE DATABASE {name}"))
+    try:
+        yield dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 def _version(binary: Path) -> str:

@@ -17,17 +17,20 @@ LETTERS = "ABCDEFGHIJKL"
 ROWS = 150
 
 
-def lifecycle(redis_url: str, workdir: str, seconds: float, max_calls: int) -> dict[str, Any]:
-    return asyncio.run(_lifecycle(redis_url, Path(workdir), seconds, max_calls))
+def lifecycle(
+    redis_url: str, workdir: str, seconds: float, max_calls: int, db: str | None = None
+) -> dict[str, Any]:
+    """On the SQLite store, or on the PostgreSQL database ``db`` names."""
+    return asyncio.run(_lifecycle(redis_url, Path(workdir), seconds, max_calls, db))
 
 
 async def _lifecycle(
-    redis_url: str, workdir: Path, seconds: float, max_calls: int
+    redis_url: str, workdir: Path, seconds: float, max_calls: int, db: str | None
 ) -> dict[str, Any]:
     settings = Settings(
         redis_url=redis_url,
         data_dir=workdir,
-        db=str(workdir / "lifecycle.sqlite3"),
+        db=db or str(workdir / "lifecycle.sqlite3"),
         log_level="WARNING",
     )
     app = create_app(settings)
@@ -82,7 +85,7 @@ async def _lifecycle(
         "commits_per_confirm": round(commits / done, 3) if done else None,
         "sql_writes_per_confirm": 2,  # PAYMENT_PENDING (booking, seats, payment), CONFIRMED
         "double_booked_seats": doubled,
-        "synchronous": "FULL",
+        "synchronous": "synchronous_commit=on" if db else "FULL",
         "errors": load.counts.get("error", 0),
         "first_error": errors[0] if errors else None,
         **load.summary(),

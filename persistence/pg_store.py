@@ -63,6 +63,9 @@ Op = Callable[[Conn], Awaitable[Any]]
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # The protocol's own state after its connection broke mid-operation (seen on a pool
+    # connection's reset when the server was killed).
+    asyncpg.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TransactionRollbackError,
     asyncpg.exceptions.InsufficientResourcesError,

@@ -86,12 +86,6 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "sqlite_only: about the SQLite store's own machinery; not run on PostgreSQL"
-    )
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
