@@ -14,6 +14,7 @@ fence is a partial unique index.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 
 import asyncpg
 
@@ -126,8 +127,15 @@ async def version(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT version FROM holdsvc_schema") or 0)
 
 
+def functions_sql() -> str:
+    return resources.files("persistence").joinpath("pg_functions.sql").read_text("utf-8")
+
+
 async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Bring the database to :data:`LATEST`; returns the versions applied."""
+    """Bring the database to :data:`LATEST` and install this code's functions
+    (pg_functions.sql); returns the versions applied. Functions are code, not data: each
+    start installs its own (CREATE OR REPLACE), under the same lock, so two processes never
+    replace one at once."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         found = await version(conn)
@@ -148,4 +156,5 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
                 applied.append(migration.version)
         if applied:
             await conn.execute("UPDATE holdsvc_schema SET version = $1", LATEST)
+        await conn.execute(functions_sql())
     return applied

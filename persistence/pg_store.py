@@ -139,27 +139,6 @@ async def _answered(conn: Conn, booking_id: str, answer: KeyAnswer | None) -> Bo
     return record
 
 
-async def _move(conn: Conn, booking_id: str, move: Move, at: int) -> Moved:
-    """The compare-and-set: the row locked, then moved only from an allowed source."""
-    row = await conn.fetchrow(
-        "SELECT state, hold_expires_at FROM bookings WHERE id = $1 FOR UPDATE", booking_id
-    )
-    if row is None or row[0] not in move.sources:
-        return Moved(False, row[0] if row else None)
-    current, deadline = row
-    await conn.execute(
-        "WITH moved AS (UPDATE bookings SET state = $2, updated_at = $3 WHERE id = $1)"
-        " INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
-        " VALUES ($1, $4, $2, $5, $3)",
-        booking_id, move.target, at, current, move.cause,
-    )  # fmt: skip
-    if not move.seats_live:
-        await conn.execute(
-            "UPDATE booking_seats SET live = false WHERE booking_id = $1", booking_id
-        )
-    return Moved(True, move.target, current, deadline)
-
-
 async def _change_payment(conn: Conn, booking_id: str, change: PaymentChange, at: int) -> None:
     if change.expect is None:
         await _insert_payment(conn, booking_id, change, at)
@@ -187,96 +166,100 @@ async def _insert_payment(conn: Conn, booking_id: str, c: PaymentChange, at: int
     )  # fmt: skip
 
 
-async def _write_booking(
-    conn: Conn,
-    b: NewBooking,
-    move: Move,
-    supersede: Move,
-    at: int,
-    payment: PaymentChange | None,
-    answer: KeyAnswer | None,
-) -> tuple[Moved, list[tuple[str, Moved]]]:
-    """A booking enters SQL from its Redis hold, already moved by ``move``: its row, seats,
-    history (created, held at its creation, then ``move``) and the payment a pay starts.
-    A booking already in SQL is left as it is. A seat SQL says another booking owns for
-    good raises SeatOwnedInSql; a live holder Redis no longer knows is superseded."""
-    exists = await conn.fetchval("SELECT state FROM bookings WHERE id = $1 FOR UPDATE", b.id)
-    if exists is not None:
-        return Moved(False, exists), []
-    superseded: list[tuple[str, Moved]] = []
-    if move.seats_live:
-        rows = await conn.fetch(
-            "SELECT bs.booking_id, bk.state FROM booking_seats bs"
-            " JOIN bookings bk ON bk.id = bs.booking_id"
-            " WHERE bs.flight_id = $1 AND bs.live AND bs.seat = ANY($2::text[])"
-            " ORDER BY bs.booking_id FOR UPDATE OF bk",
-            b.flight_id, b.seats,
-        )  # fmt: skip
-        owners = list(dict.fromkeys((r[0], r[1]) for r in rows))
-        blocking = {bid: state for bid, state in owners if state not in supersede.sources}
-        if blocking:
-            raise SeatOwnedInSql(blocking)
-        superseded = [(bid, await _move(conn, bid, supersede, at)) for bid, _ in owners]
-    written = await conn.fetchval(
-        "INSERT INTO bookings (id, flight_id, user_id, state, amount, currency,"
-        " hold_expires_at, created_at, updated_at, owner)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"
-        " RETURNING 1",
-        b.id, b.flight_id, b.user_id, move.target, Decimal(b.amount), b.currency,
-        b.hold_expires_at, b.created_at, at, b.owner,
-    )  # fmt: skip
-    if written is None:  # another process wrote it since the check, and committed
-        state = await conn.fetchval("SELECT state FROM bookings WHERE id = $1", b.id)
-        return Moved(False, state), []
-    seats = await conn.fetchval(
-        "WITH s AS (INSERT INTO booking_seats (booking_id, pos, flight_id, seat, live)"
-        " SELECT $1, s.pos - 1, $2, s.seat, $3"
-        " FROM unnest($4::text[]) WITH ORDINALITY AS s(seat, pos)"
-        " ON CONFLICT (flight_id, seat) WHERE live DO NOTHING RETURNING 1)"
-        " SELECT count(*) FROM s",
-        b.id, b.flight_id, move.seats_live, b.seats,
-    )  # fmt: skip
-    if seats != len(b.seats):
-        # Another process's booking took a seat for good after the check: the fence.
-        raise SeatOwnedInSql({"another process's booking": "live"})
-    history = [(State.INITIATED.value, State.SEAT_HELD.value, "hold", b.created_at)]
-    if move.target != State.SEAT_HELD.value:
-        history.append((State.SEAT_HELD.value, move.target, move.cause, at))
-    await conn.executemany(
-        "INSERT INTO transitions (booking_id, from_state, to_state, cause, at)"
-        " VALUES ($1, $2, $3, $4, $5)",
-        [(b.id, *h) for h in history],
-    )
-    if payment is not None:
-        await _insert_payment(conn, b.id, payment, at)
-    record = await _answered(conn, b.id, answer)
-    moved = Moved(True, move.target, State.SEAT_HELD.value, b.hold_expires_at, record)
-    return moved, superseded
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call:
+    """One call of a holdsvc_*_v1 function (pg_functions.sql). The writer sends the calls of
+    one function queued together as one pipelined round trip; ``finish`` turns its row into
+    the caller's answer (or raises the refusal the row reports)."""
+
+    sql: str
+    args: tuple[Any, ...]
+    finish: Callable[[Any], Any]
 
 
-async def _transition(
-    conn: Conn,
+MOVE_SQL = "SELECT * FROM holdsvc_move_v1($1, $2, $3, $4, $5, $6)"
+TRANSITION_SQL = (
+    "SELECT * FROM holdsvc_transition_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+    " $13, $14)"
+)
+WRITE_BOOKING_SQL = (
+    "SELECT * FROM holdsvc_write_booking_v1($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+    " $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+)
+
+
+def _move_args(booking_id: str, move: Move, at: int) -> tuple[Any, ...]:
+    return (booking_id, move.target, list(move.sources), move.cause, move.seats_live, at)
+
+
+def _moved(row: Any) -> Moved:
+    return Moved(bool(row[0]), row[1], row[2], row[3])
+
+
+def _transition_call(
     booking_id: str,
     move: Move,
     at: int,
     payment: PaymentChange | None,
     hold_expires_at: int | None,
-    answer: KeyAnswer | None,
-) -> Moved:
-    moved = await _move(conn, booking_id, move, at)
-    if moved.moved:
-        if payment is not None:
-            await _change_payment(conn, booking_id, payment, at)
-        if hold_expires_at is not None:
-            await conn.execute(
-                "UPDATE bookings SET hold_expires_at = $1 WHERE id = $2",
-                hold_expires_at,
-                booking_id,
-            )
-        record = await _answered(conn, booking_id, answer)
-        if record is not None:
-            moved = dataclasses.replace(moved, record=record)
-    return moved
+) -> Call:
+    p = payment
+    pay: tuple[Any, ...] = (None,) * 7
+    if p is not None:
+        expect = None if p.expect is None else list(p.expect)
+        amount = Decimal(p.amount) if p.amount else None
+        pay = (p.status, expect, p.payment_id, p.method, amount, p.currency, p.idem_key)
+
+    def finish(row: Any) -> Moved:
+        if not row[4]:
+            raise PaymentChanged(booking_id, row[5])
+        return _moved(row)
+
+    return Call(TRANSITION_SQL, (*_move_args(booking_id, move, at), hold_expires_at, *pay), finish)
+
+
+def _write_booking_call(
+    b: NewBooking, move: Move, supersede: Move, at: int, payment: PaymentChange | None
+) -> Call:
+    p = payment
+    pay: tuple[Any, ...] = (None,) * 6
+    if p is not None:
+        pay = (p.status, p.payment_id, p.method, Decimal(p.amount), p.currency, p.idem_key)
+
+    def finish(row: Any) -> tuple[Moved, list[tuple[str, Moved]]]:
+        code, state, superseded, previous, deadlines, blocking, states = row
+        if code == 1:
+            return Moved(False, state), []
+        if code == 2:
+            raise SeatOwnedInSql(dict(zip(blocking, states, strict=True)))
+        old = [
+            (bid, Moved(True, supersede.target, prev, deadline))
+            for bid, prev, deadline in zip(superseded, previous, deadlines, strict=True)
+        ]
+        return Moved(True, move.target, State.SEAT_HELD.value, b.hold_expires_at), old
+
+    args = (
+        b.id, b.flight_id, b.user_id, Decimal(b.amount), b.currency, b.hold_expires_at,
+        b.created_at, b.owner, list(b.seats), move.target, move.cause, move.seats_live,
+        supersede.target, list(supersede.sources), supersede.cause, supersede.seats_live, at,
+        *pay,
+    )  # fmt: skip
+    return Call(WRITE_BOOKING_SQL, args, finish)
+
+
+async def _call(conn: Conn, call: Call) -> Any:
+    return call.finish(await conn.fetchrow(call.sql, *call.args))
+
+
+async def _with_answer(conn: Conn, call: Call, booking_id: str, answer: KeyAnswer) -> Any:
+    """A call whose Idempotency-Key answer commits with it: the booking as the call left it."""
+    result = await _call(conn, call)
+    moved = result[0] if isinstance(result, tuple) else result
+    if not moved.moved:
+        return result
+    record = await _answered(conn, booking_id, answer)
+    done = dataclasses.replace(moved, record=record)
+    return (done, result[1]) if isinstance(result, tuple) else done
 
 
 async def _create_flight(
@@ -350,12 +333,29 @@ async def _claim_key(
 
 @dataclasses.dataclass(slots=True)
 class _Queued:
-    op: Op
+    op: Op | Call
     future: asyncio.Future[Any]
 
 
+class _Refused(Exception):
+    """An operation's refusal (the seat fence, a payment in another status), kept for its
+    caller while the rest of the group commits."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+_REFUSALS = (SeatOwnedInSql, PaymentChanged, asyncpg.IntegrityConstraintViolationError)
+
+
 class _Writer:
-    """Runs queued operations in one transaction per turn, on one connection of its own."""
+    """Runs queued operations in one transaction per turn, on one connection of its own.
+
+    The fast path sends the calls of each function as one pipelined ``fetchmany`` (a burst of
+    pays is a round trip, not one per pay) and runs the other operations each under a
+    savepoint. If a call fails with anything but a refusal, the group is run again the slow
+    way, every operation under its own savepoint, so only the failing one fails.
+    """
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -380,7 +380,7 @@ class _Writer:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await asyncio.wait_for(self._conn.close(), 2)
 
-    async def submit(self, op: Op) -> Any:
+    async def submit(self, op: Op | Call) -> Any:
         if self._closing:
             raise StoreUnavailable("the PostgreSQL store is closing")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -410,34 +410,21 @@ class _Writer:
 
     async def _commit(self, batch: list[_Queued]) -> None:
         started = time.perf_counter()
-        results: list[tuple[bool, Any]] = []
         try:
             conn = await self._connection()
-            async with conn.transaction():
-                for item in batch:
-                    try:
-                        async with conn.transaction():  # a savepoint: a refusal undoes itself
-                            results.append((True, await item.op(conn)))
-                    except CONNECTION_ERRORS:
-                        raise
-                    except asyncpg.PostgresError as exc:
-                        if not isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-                            raise
-                        results.append((False, exc))
-                    except (SeatOwnedInSql, PaymentChanged) as exc:
-                        results.append((False, exc))
+            try:
+                results = await self._fast(conn, batch)
+            except CONNECTION_ERRORS:
+                raise
+            except Exception:
+                results = await self._slow(conn, batch)
         except CONNECTION_ERRORS as exc:
             # The COMMIT may or may not have happened: every caller is told it is unknown.
             await self._drop()
-            lost = StoreUnavailable(f"PostgreSQL connection lost: {exc!s}")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(lost)
+            self._fail(batch, StoreUnavailable(f"PostgreSQL connection lost: {exc!s}"))
             return
         except BaseException as exc:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            self._fail(batch, exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -449,18 +436,73 @@ class _Writer:
                 self.on_commit(len(batch), time.perf_counter() - started)
             except Exception:  # an observer's bug must not stop the writes
                 log.exception("the commit observer failed")
-        for item, (ok, value) in zip(batch, results, strict=True):
+        for item, value in zip(batch, results, strict=True):
             if item.future.done():
                 continue
-            if ok:
-                item.future.set_result(value)
+            if isinstance(value, _Refused):
+                item.future.set_exception(value.error)
             else:
-                item.future.set_exception(value)
+                item.future.set_result(value)
+
+    async def _fast(self, conn: Conn, batch: list[_Queued]) -> list[Any]:
+        results: list[Any] = [None] * len(batch)
+        groups: dict[str, list[tuple[int, Call]]] = {}
+        for n, item in enumerate(batch):
+            if isinstance(item.op, Call):
+                groups.setdefault(item.op.sql, []).append((n, item.op))
+        async with conn.transaction():
+            for sql, members in groups.items():
+                rows = await conn.fetchmany(sql, [call.args for _, call in members])
+                for (n, call), row in zip(members, rows, strict=True):
+                    results[n] = _finish(call, row)
+            for n, item in enumerate(batch):
+                if not isinstance(item.op, Call):
+                    results[n] = await _savepoint(conn, item.op)
+        return results
+
+    async def _slow(self, conn: Conn, batch: list[_Queued]) -> list[Any]:
+        results: list[Any] = []
+        async with conn.transaction():
+            for item in batch:
+                op = item.op
+                results.append(await _savepoint(conn, _as_op(op) if isinstance(op, Call) else op))
+        return results
+
+    def _fail(self, batch: list[_Queued], error: BaseException) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()
+
+
+def _as_op(call: Call) -> Op:
+    async def run(conn: Conn) -> Any:
+        return await _call(conn, call)
+
+    return run
+
+
+def _finish(call: Call, row: Any) -> Any:
+    try:
+        return call.finish(row)
+    except _REFUSALS as exc:
+        return _Refused(exc)
+
+
+async def _savepoint(conn: Conn, op: Op) -> Any:
+    """``op`` under a savepoint: a refusal rolls back only itself and is kept for its caller;
+    anything else fails the whole group."""
+    try:
+        async with conn.transaction():
+            return await op(conn)
+    except CONNECTION_ERRORS:
+        raise
+    except _REFUSALS as exc:
+        return _Refused(exc)
 
 
 class PgStore(TransitionNotices):
@@ -567,8 +609,9 @@ class PgStore(TransitionNotices):
         answer: KeyAnswer | None = None,
     ) -> tuple[Moved, list[str]]:
         at = now_ms()
+        call = _write_booking_call(booking, move, supersede, at, payment)
         moved, superseded = await self._writer.submit(
-            lambda c: _write_booking(c, booking, move, supersede, at, payment, answer)
+            call if answer is None else lambda c: _with_answer(c, call, booking.id, answer)
         )
         for bid, old in superseded:
             self._notify(bid, old, supersede, at)
@@ -582,13 +625,20 @@ class PgStore(TransitionNotices):
         ids = list(booking_ids)
 
         async def run(conn: Conn) -> list[tuple[str, Moved]]:
-            out = []
-            for bid in ids:
-                moved = await _move(conn, bid, move, at)
-                if not moved.moved and moved.state is None and bid in records:
-                    moved, _ = await _write_booking(conn, records[bid], move, move, at, None, None)
-                out.append((bid, moved))
-            return out
+            # Two pipelined round trips for any number: the moves, then the rows of the
+            # bookings SQL never had (holds that end before their first money step).
+            rows = await conn.fetchmany(MOVE_SQL, [_move_args(bid, move, at) for bid in ids])
+            out = {bid: _moved(row) for bid, row in zip(ids, rows, strict=True)}
+            missing = [
+                bid for bid in ids
+                if not out[bid].moved and out[bid].state is None and bid in records
+            ]  # fmt: skip
+            if missing:
+                calls = [_write_booking_call(records[bid], move, move, at, None) for bid in missing]
+                written = await conn.fetchmany(WRITE_BOOKING_SQL, [c.args for c in calls])
+                for bid, call, row in zip(missing, calls, written, strict=True):
+                    out[bid] = call.finish(row)[0]
+            return [(bid, out[bid]) for bid in ids]
 
         outcomes = await self._writer.submit(run)
         for bid, moved in outcomes:
@@ -608,8 +658,9 @@ class PgStore(TransitionNotices):
         answer: KeyAnswer | None = None,
     ) -> Moved:
         at = now_ms()
+        call = _transition_call(booking_id, move, at, payment, hold_expires_at)
         moved: Moved = await self._writer.submit(
-            lambda c: _transition(c, booking_id, move, at, payment, hold_expires_at, answer)
+            call if answer is None else lambda c: _with_answer(c, call, booking_id, answer)
         )
         self._notify(booking_id, moved, move, at)
         return moved
@@ -619,7 +670,8 @@ class PgStore(TransitionNotices):
         ids = list(booking_ids)
 
         async def run(conn: Conn) -> list[tuple[str, Moved]]:
-            return [(bid, await _move(conn, bid, move, at)) for bid in ids]
+            rows = await conn.fetchmany(MOVE_SQL, [_move_args(bid, move, at) for bid in ids])
+            return [(bid, _moved(row)) for bid, row in zip(ids, rows, strict=True)]
 
         outcomes = await self._writer.submit(run)
         for bid, moved in outcomes:

@@ -43,7 +43,12 @@ async def check_invariants(db: str, ledger: Path, redis: Redis, flight_id: int) 
         if owner.startswith("!"):
             assert live.get(seat) == (owner[1:], "CONFIRMED"), f"{seat} booked by {owner}"
         else:
-            assert states.get(owner) in {None, "SEAT_HELD", "PAYMENT_PENDING"}, (seat, owner)
+            assert states.get(owner) in {None, "SEAT_HELD", "PAYMENT_PENDING"}, (
+                seat, owner, states.get(owner), await redis.pttl(key),
+                query(db, "SELECT from_state, to_state, cause, at FROM transitions"
+                      " WHERE booking_id = ? ORDER BY id", (owner,)),
+                query(db, "SELECT status, updated_at FROM payments WHERE booking_id = ?", (owner,)),
+            )  # fmt: skip
     # SQL: every CONFIRMED seat is booked in Redis for that booking.
     for seat, (bid, state) in live.items():
         if state == "CONFIRMED":

@@ -129,7 +129,7 @@ class Payments:
                 moved, _ = await self._store.insert_booking(row, PAY, SUPERSEDE, started)
             except SeatOwnedInSql as exc:
                 log.error("pay of %s refused by SQL's seat fence: %s", booking_id, exc)
-                await self._holds.release(booking.flight_id, booking.seats, booking_id)
+                await self.free_seats(booking)
                 raise SeatsNotAvailable(seats=booking.seats) from exc
         if not moved.moved:
             raise InvalidTransition(str(moved.state), State.PAYMENT_PENDING.value)
@@ -193,7 +193,7 @@ class Payments:
             )
             if key is not None:
                 key.note(declined)
-            await self._holds.release(booking.flight_id, booking.seats, booking_id)
+            await self.free_seats(booking)
             return PayOutcome.DECLINED
 
         confirmed = await self._holds.confirm(booking.flight_id, booking.seats, booking_id)
@@ -219,11 +219,16 @@ class Payments:
         crash_point(self._settings.fault, "after_commit")
         return PayOutcome.CONFIRMED
 
+    async def free_seats(self, booking: BookingRecord) -> None:
+        """Free the seats Redis still holds for a booking SQL has ended (only those still
+        this booking's: release_seats compares)."""
+        await self._holds.release(booking.flight_id, booking.seats, booking.id)
+
     async def refund_lost(self, booking: BookingRecord, payment_id: str, cause: str) -> None:
         """Refund a capture whose seats could not be booked, free whatever seats the booking
         still has, and record the booking's end. Safe to run twice for one charge."""
         await self._gateway.refund(payment_id)
-        await self._holds.release(booking.flight_id, booking.seats, booking.id)
+        await self.free_seats(booking)
         refunded = payment_move(
             PaymentStatus.REFUNDED, only_from=LOST_CAPTURE_FROM, payment_id=payment_id
         )
@@ -356,11 +361,14 @@ class PaymentRecovery:
         if booking.state == State.PAYMENT_PENDING.value:
             if charge is None:
                 # Never charged, and now never will be: the pay died before the gateway saw it.
-                await self._store.transition(
+                moved = await self._store.transition(
                     booking_id,
                     move(State.EXPIRED, "payment-abandoned", only_from=State.PAYMENT_PENDING),
                     payment=payment_move(PaymentStatus.FAILED),
                 )
+                if moved.moved:
+                    # The pay extended the hold through its window; ended, it holds nothing.
+                    await self._payments.free_seats(booking)
                 return
             await self._payments.settle_charge(booking, charge)
             return
