@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import http_holds, lifecycle, peers, recovery, store
+from bench import cluster, http_holds, lifecycle, peers, recovery, store
 from bench.common import flushall_sync, in_worker
 from holdsvc import EmbeddedRedis, find_binary
 
@@ -39,6 +39,7 @@ SCENARIOS = (
     "peers",
     "http_holds",
     "workers",
+    "cluster",
     "contention",
     "lifecycle",
     "expiry",
@@ -57,6 +58,7 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "lifecycle.confirms_per_s": (">=", "confirms/s", 4000),
     # The scale-out issue's (#14).
     "lifecycle.pg_confirms_per_s": (">=", "confirms/s", 2000),
+    "cluster.ratio_one_primary_vs_single": (">=", "x single-node client", 0.9),
     "expiry.lag_p99_ms": ("<=", "lag p99 ms", 500),
     "expiry.lag_max_ms": ("<=", "lag max ms", 1000),
     "expiry.stuck": ("<=", "stuck", 0),
@@ -134,6 +136,8 @@ def main() -> int:
                     url, work, int(z["http_seconds"]), 1000)),
                 ("workers", lambda: http_holds.workers(
                     url, work, int(z["http_seconds"]), 1000)),
+                ("cluster", lambda: in_worker(
+                    cluster.cluster, args.redis_server, z["seconds"], z["calls"], 64)),
                 ("contention", lambda: in_worker(
                     store.contention, url, z["seconds"], z["calls"], 64)),
                 ("lifecycle", lambda: _lifecycle(url, args.pg_dsn, work, z)),
@@ -302,6 +306,12 @@ def _headline(name: str, r: dict[str, Any]) -> str:
         "expiry": ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "stuck"),
         "memory": ("bytes_per_held_seat", "held_seats"),
         "workers": ("holds_per_s_1", "holds_per_s_2", "ratio_2_vs_1"),
+        "cluster": (
+            "single_node_per_s",
+            "one_primary_per_s",
+            "three_primaries_per_s",
+            "ratio_one_primary_vs_single",
+        ),
     }[name]
     return " ".join(f"{f}={r.get(f)}" for f in fields)
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from holdsvc.domain.payments import PayOutcome
     from holdsvc.domain.records import NewFlight
     from holdsvc.domain.states import State
-    from holdsvc.embedded_redis import EmbeddedRedis, find_binary, free_port
+    from holdsvc.embedded_redis import EmbeddedRedis, LocalCluster, find_binary, free_port
     from holdsvc.seats import keys as seat_keys
     from holdsvc.seats.holds import (
         Held,
@@ -39,6 +39,7 @@ _EXPORTS = {
     "NewFlight": "holdsvc.domain.records",
     "State": "holdsvc.domain.states",
     "EmbeddedRedis": "holdsvc.embedded_redis",
+    "LocalCluster": "holdsvc.embedded_redis",
     "find_binary": "holdsvc.embedded_redis",
     "free_port": "holdsvc.embedded_redis",
     "Held": "holdsvc.seats.holds",
@@ -59,6 +60,7 @@ __all__ = [
     "HoldMeta",
     "HoldRequest",
     "HoldStore",
+    "LocalCluster",
     "NewFlight",
     "NotRestored",
     "PayOutcome",

@@ -14,7 +14,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from holdsvc.seats import keys
-from holdsvc.seats.redis_client import PipelinedRedis
+from holdsvc.seats.redis_client import FastRedis, PipelinedRedis
 from holdsvc.seats.scripts import Scripts, UnknownScriptReply, load_scripts
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class HoldStore:
     redis-py serves the rest (INFO, pipelines of admin reads).
     """
 
-    def __init__(self, redis: Redis, scripts: Scripts, fast: PipelinedRedis) -> None:
+    def __init__(self, redis: Redis, scripts: Scripts, fast: FastRedis) -> None:
         self.redis = redis
         self._s = scripts
         self._fast = fast
@@ -194,7 +194,8 @@ class HoldStore:
     ) -> Held | Taken | NotRestored | Replayed | KeyMismatch:
         # The run id of the connection the script goes out on (nothing awaits in between):
         # the script holds nothing unless the flight was restored into that very process.
-        run_id = self._fast.run_id or await self._fast.connected_run_id()
+        marker = _flight_keys(flight_id)[1]
+        run_id = self._fast.run_id_for(marker) or await self._fast.connected_run_id_for(marker)
         reply = await self._eval(
             self._s.hold_seats,
             [*_hold_keys(flight_id, booking_id, key), *keys.seats(flight_id, seats)],
@@ -220,7 +221,8 @@ class HoldStore:
         meta: HoldMeta,
         key: KeyClaim | None = None,
     ) -> Held | NotEnough | NotRestored | Replayed | KeyMismatch:
-        run_id = self._fast.run_id or await self._fast.connected_run_id()
+        marker = _flight_keys(flight_id)[1]
+        run_id = self._fast.run_id_for(marker) or await self._fast.connected_run_id_for(marker)
         reply = await self._eval(
             self._s.hold_best,
             _hold_keys(flight_id, booking_id, key),
@@ -378,6 +380,10 @@ class HoldStore:
         owners = await self.seat_owners(flight_id, seats)
         return {seat: o[0] for seat, o in zip(seats, owners, strict=True) if o is not None and o[1]}
 
+    async def run_id_of_flight(self, flight_id: int) -> str:
+        """The run id of the Redis process that serves this flight (its cluster node)."""
+        return await self._fast.connected_run_id_for(keys.marker(flight_id))
+
     async def server_run_id(self) -> str:
         """Changes whenever the Redis process restarts."""
         info = await self.redis.info("server")
@@ -474,11 +480,18 @@ def _status(owner: tuple[str, bool] | None) -> SeatStatus:
     return SeatStatus.BOOKED if owner[1] else SeatStatus.HELD
 
 
-async def connect_hold_store(url: str, pool_size: int = 64) -> HoldStore:
-    """A HoldStore with its own clients, for tools that run without the app (the benchmark)."""
+async def connect_hold_store(url: str, pool_size: int = 64, cluster: bool = False) -> HoldStore:
+    """A HoldStore with its own clients, for tools that run without the app (the benchmark).
+    With ``cluster``, the hot path goes through the cluster client, routed by slot; the
+    scripts are loaded on each primary as it first answers NOSCRIPT."""
     from redis.asyncio import BlockingConnectionPool
 
+    from holdsvc.seats.cluster_client import ClusterPipelinedRedis
+
     redis = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=pool_size))
-    store = HoldStore(redis, await load_scripts(redis), PipelinedRedis(url))
+    fast: FastRedis = PipelinedRedis(url)
+    if cluster:
+        fast = ClusterPipelinedRedis(url)
+    store = HoldStore(redis, await load_scripts(redis), fast)
     store.owns_redis = True
     return store

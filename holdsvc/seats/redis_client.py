@@ -17,7 +17,7 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import unquote, urlparse
 
 import hiredis
@@ -111,6 +111,22 @@ class _Connection(asyncio.Protocol):
         self.fail_all(RedisConnectionError(f"Redis connection lost: {exc or 'closed'}"))
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+class FastRedis(Protocol):
+    """What the hold store needs of its hot-path client: this module's one-server client, or
+    the cluster client (cluster_client.py) that routes each call by its key's slot."""
+
+    @property
+    def connects(self) -> int: ...
+
+    def execute(self, *args: Any) -> Awaitable[Any]: ...
+    async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]: ...
+    # The run id of the Redis process that serves ``key`` (None when not connected): a hold
+    # script holds nothing unless the flight was restored into that process.
+    def run_id_for(self, key: str) -> str | None: ...
+    async def connected_run_id_for(self, key: str) -> str: ...
+    async def close(self) -> None: ...
 
 
 class PipelinedRedis:
@@ -213,6 +229,13 @@ class PipelinedRedis:
         if conn is None or not conn.usable:
             conn = await self._connect()
         return conn.run_id
+
+    # The FastRedis surface: one server holds every key, so the key does not matter.
+    def run_id_for(self, key: str) -> str | None:
+        return self.run_id
+
+    async def connected_run_id_for(self, key: str) -> str:
+        return await self.connected_run_id()
 
     async def _watch(self) -> None:
         last = time.monotonic()
