@@ -9,7 +9,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -42,8 +42,9 @@ from holdsvc.http.middleware import edge_middleware
 from holdsvc.http.openapi import add_docs
 from holdsvc.http.routes import add_routes
 from holdsvc.metrics import CONTENT_TYPE, Metrics
+from holdsvc.seats.cluster_client import ClusterPipelinedRedis
 from holdsvc.seats.holds import HoldStore
-from holdsvc.seats.redis_client import PipelinedRedis
+from holdsvc.seats.redis_client import FastRedis, PipelinedRedis
 from holdsvc.seats.scripts import load_scripts
 from holdsvc.settings import Settings
 from holdsvc.tasks import background, stop
@@ -56,6 +57,8 @@ transition_log = logging.getLogger("holdsvc.transitions")
 # Enough connections for every request the event loop can have in flight against Redis;
 # a request past that waits for one instead of failing.
 REDIS_POOL_SIZE = 64
+# How often a cluster's primaries are read again, for the expiry consumers to follow them.
+TOPOLOGY_EVERY_S = 5.0
 
 
 WORKER_HEADER = "X-Holdsvc-Worker"
@@ -205,29 +208,55 @@ async def _sql(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
+    settings = app[k.SETTINGS]
     pool = BlockingConnectionPool.from_url(
         app[k.REDIS_URL], max_connections=REDIS_POOL_SIZE, timeout=10
     )
+    # On a cluster this client talks to the node the URL names: it loads the scripts' SHAs
+    # there; everything of a flight goes through the cluster client, routed by slot.
     redis = Redis(connection_pool=pool)
+    fast: FastRedis = PipelinedRedis(app[k.REDIS_URL])
+    if settings.redis_cluster:
+        fast = ClusterPipelinedRedis(app[k.REDIS_URL])
     try:
         await redis.ping()
-        events_on = await _ensure_expiry_events(redis)
-        if not events_on and app[k.SETTINGS].require_keyspace_events:
+        nodes = await _primaries(fast, app[k.REDIS_URL])
+        events_on = True
+        for url in nodes:
+            # In every node's own configuration: events come only from the node that owns
+            # the key.
+            async with Redis.from_url(url) as node:
+                events_on = await _ensure_expiry_events(node) and events_on
+        if not events_on and settings.require_keyspace_events:
             raise StartupError(
                 "Redis expiry events (notify-keyspace-events Ex) are off and cannot be turned on"
             )
         scripts = await load_scripts(redis)
         app[k.REDIS] = redis
-        holds = HoldStore(redis, scripts, PipelinedRedis(app[k.REDIS_URL]))
+        holds = HoldStore(redis, scripts, fast)
+        if settings.redis_cluster:
+            await holds.load_everywhere()
         app[k.HOLDS] = holds
         app[k.METRICS].watch_redis_client(lambda: holds.connects)
         try:
             yield
         finally:
             await holds.close()
+    except BaseException:
+        if k.HOLDS not in app:
+            await fast.close()
+        raise
     finally:
         await redis.aclose()
         await pool.disconnect()
+
+
+async def _primaries(fast: FastRedis, url: str) -> list[str]:
+    """Every primary's URL: the cluster's, or the one server."""
+    if isinstance(fast, ClusterPipelinedRedis):
+        await fast.refresh()
+        return fast.primaries()
+    return [url]
 
 
 async def _ensure_expiry_events(redis: Redis) -> bool:
@@ -290,19 +319,72 @@ async def _persister(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     redis = app[k.REDIS]
-    db = int(redis.connection_pool.connection_kwargs.get("db", 0))
     expirer = app[k.EXPIRER]
-    persister = Persister(
-        redis,
-        db,
-        on_expired=expirer.on_expired_keys,
-        # Events sent while unsubscribed are lost: look for what they would have expired.
-        on_subscribed=lambda: expirer.sweep("resubscribe"),
-    )
+
+    def consumer(client: Redis, db: int) -> Persister:
+        return Persister(
+            client,
+            db,
+            on_expired=expirer.on_expired_keys,
+            # Events sent while unsubscribed are lost: look for what they would have expired.
+            on_subscribed=lambda: expirer.sweep("resubscribe"),
+        )
+
+    if app[k.SETTINGS].redis_cluster:
+        fast = app[k.HOLDS].fast
+        assert isinstance(fast, ClusterPipelinedRedis)
+        nodes = NodePersisters(fast, lambda url: consumer(Redis.from_url(url), 0))
+        async with background(nodes.run(), "persisters"):
+            await asyncio.wait_for(nodes.subscribed(), timeout=10)
+            yield
+        return
+    db = int(redis.connection_pool.connection_kwargs.get("db", 0))
+    persister = consumer(redis, db)
     app[k.PERSISTER] = persister
     async with background(persister.run(), "persister"):
         await asyncio.wait_for(persister.subscribed.wait(), timeout=10)
         yield
+
+
+class NodePersisters:
+    """One expiry-event consumer per primary of a cluster (events come only from the node
+    that owns the key), following the topology: a primary that joins gets one, one that
+    leaves loses its own."""
+
+    def __init__(self, fast: ClusterPipelinedRedis, make: Callable[[str], Persister]) -> None:
+        self._fast = fast
+        self._make = make
+        self._running: dict[str, tuple[Persister, asyncio.Task[None]]] = {}
+        self._started = asyncio.Event()
+
+    async def subscribed(self) -> None:
+        """Every primary's consumer, as first read, has subscribed."""
+        await self._started.wait()
+        await asyncio.gather(*(p.subscribed.wait() for p, _ in self._running.values()))
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self._fast.refresh()
+                except RedisError as exc:
+                    log.warning("reading the cluster's primaries failed: %s", exc)
+                self._follow(set(self._fast.primaries()))
+                self._started.set()
+                await asyncio.sleep(TOPOLOGY_EVERY_S)
+        finally:
+            await asyncio.gather(*(stop(t) for _, t in self._running.values()))
+
+    def _follow(self, primaries: set[str]) -> None:
+        for url in primaries - set(self._running):
+            persister = self._make(url)
+            task = asyncio.get_running_loop().create_task(persister.run(), name=f"persister {url}")
+            self._running[url] = (persister, task)
+            log.info("consuming expiry events of primary %s", url)
+        for url in set(self._running) - primaries:
+            _, task = self._running.pop(url)
+            task.cancel()
+            log.info("primary %s left the cluster: no longer consuming its events", url)
 
 
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:

@@ -37,6 +37,9 @@ class Settings:
     port: int = 8080
     # None: start an embedded Redis-compatible server in data_dir and stop it on exit.
     redis_url: str | None = None
+    # redis_url names any node of a Redis Cluster: holds are routed by slot to the primary
+    # that serves each flight, and expiry events are read from every primary.
+    redis_cluster: bool = False
     # Which server binary the embedded mode runs: "auto" (the pip-shipped Valkey, else a
     # redis-server or valkey-server on PATH), "bundled" (only the pip-shipped one), "path"
     # (only one on PATH), or a path.
@@ -188,6 +191,8 @@ class Settings:
             raise ValueError(
                 f"log-level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}"
             )
+        if self.redis_cluster and self.redis_url is None:
+            raise ValueError("redis-cluster needs --redis-url naming a node of the cluster")
         if self.redis_url is not None and not self.redis_url.startswith("redis://"):
             raise ValueError(
                 f"redis-url must be redis://host:port/db (TLS and unix sockets are not supported"
@@ -239,6 +244,7 @@ _CONVERTERS: dict[str, Any] = {
     "takeover_after": float,
     "max_seats_per_booking": int,
     "persister_enabled": _parse_bool,
+    "redis_cluster": _parse_bool,
     "sweep_interval": float,
     "reconcile_grace": float,
     "require_keyspace_events": _parse_bool,
@@ -402,6 +408,12 @@ def _common(cmd: argparse.ArgumentParser) -> None:
         cmd.add_argument(*names, default=argparse.SUPPRESS, **options)
 
     add("--redis-url", help="use this Redis instead of starting one")
+    add(
+        "--redis-cluster",
+        action="store_const",
+        const=True,
+        help="--redis-url names a node of a Redis Cluster (HOLDSVC_REDIS_CLUSTER=1)",
+    )
     add(
         "--redis-server",
         help="embedded server binary: auto (default: the pip-shipped valkey, else one on"

@@ -41,10 +41,11 @@ class Restorer:
         return flight
 
     async def check(self) -> int:
-        """Restore every flight whose marker is missing or older than this Redis process."""
+        """Restore every flight whose marker is missing or older than the Redis process that
+        serves it (on a cluster, only the flights of a node that lost its data)."""
         run_id = await self._holds.server_run_id()
         flights = [f.id for f in await self._flights.all()]
-        stale = await self._holds.stale_markers(flights, run_id)
+        stale = await self._holds.stale_markers(flights)
         for flight_id in stale:
             await self.restore(flight_id, "marker missing or from an earlier Redis run")
         self.restored_run = run_id
@@ -59,7 +60,7 @@ class Restorer:
 
     async def restore(self, flight_id: int, reason: str) -> None:
         async with self._lock(flight_id):
-            run_id = await self._holds.server_run_id()
+            run_id = await self._holds.run_id_of_flight(flight_id)
             bookings = await self._store.live_bookings(flight_id)
             booked = [
                 (seat, bid)

@@ -64,6 +64,7 @@ class ClusterPipelinedRedis:
         self._seed = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
         self._userinfo = url.split("//", 1)[1].split("@", 1)[0] + "@" if "@" in url else ""
         self._nodes: dict[tuple[str, int], PipelinedRedis] = {}
+        self._urls: dict[str, PipelinedRedis] = {}
         self._slots: list[PipelinedRedis | None] = [None] * SLOTS
         self._refreshing: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
@@ -79,7 +80,8 @@ class ClusterPipelinedRedis:
         node = self._nodes.get(address)
         if node is None:
             host, port = address
-            node = self._nodes[address] = PipelinedRedis(f"redis://{self._userinfo}{host}:{port}/0")
+            url = f"redis://{self._userinfo}{host}:{port}/0"
+            node = self._nodes[address] = self._urls[url] = PipelinedRedis(url)
         return node
 
     async def refresh(self) -> None:
@@ -208,6 +210,26 @@ class ClusterPipelinedRedis:
             if node is None:
                 raise RedisConnectionError("no cluster node serves this key")
         return await node.connected_run_id()
+
+    async def run_ids_for(self, keys: Sequence[str]) -> list[str]:
+        if not any(self._slots):
+            await self.refresh()
+        nodes = [self.node_for(k) for k in keys]
+        distinct = list(dict.fromkeys(n for n in nodes if n is not None))
+        ids = dict(zip(distinct, await asyncio.gather(*(n.server_run_id() for n in distinct)),
+                       strict=True))  # fmt: skip
+        return [ids[n] if n is not None else "" for n in nodes]
+
+    async def run_ids(self) -> list[str]:
+        if not any(self._slots):
+            await self.refresh()
+        primaries = list(dict.fromkeys(n for n in self._slots if n is not None))
+        return list(await asyncio.gather(*(n.server_run_id() for n in primaries)))
+
+    def primaries(self) -> list[str]:
+        """The URL of every primary that serves slots, as the last map read says."""
+        nodes = dict.fromkeys(n for n in self._slots if n is not None)
+        return [url for url, node in self._urls.items() if node in nodes]
 
     @property
     def connects(self) -> int:

@@ -135,6 +135,11 @@ class HoldStore:
     owns_redis = False
 
     @property
+    def fast(self) -> FastRedis:
+        """The hot-path client (the one-server client, or the cluster's)."""
+        return self._fast
+
+    @property
     def connects(self) -> int:
         """Connections the hot-path client opened: 1, plus one per reconnect."""
         return self._fast.connects
@@ -176,12 +181,19 @@ class HoldStore:
         await self._reload(script)
         return await run()
 
+    async def load_everywhere(self) -> None:
+        """SCRIPT LOAD every script on every Redis process (each primary of a cluster), so no
+        node answers its first hold with NOSCRIPT."""
+        for script in self._s.all():
+            await self._fast.execute("SCRIPT", "LOAD", script.script)
+
     async def _reload(self, script: AsyncScript) -> None:
         log.warning("Redis has no script %s (NOSCRIPT): loading it again", script.sha)
         await self._fast.execute("SCRIPT", "LOAD", script.script)
 
     async def ping(self) -> None:
-        await self.redis.ping()
+        """Every Redis process this store uses answers (each primary of a cluster)."""
+        await self._fast.run_ids()
 
     async def hold(
         self,
@@ -355,21 +367,22 @@ class HoldStore:
             if not (isinstance(reply, int) and 0 <= reply <= len(part)):
                 raise UnknownScriptReply("restore_seats", reply)
 
-    async def stale_markers(self, flight_ids: list[int], run_id: str) -> list[int]:
-        """The flights whose marker is missing or was set under another Redis run id."""
+    async def stale_markers(self, flight_ids: list[int]) -> list[int]:
+        """The flights whose marker is missing or was set under another run id than that of
+        the Redis process serving the flight now."""
         if not flight_ids:
             return []
+        markers = [keys.marker(f) for f in flight_ids]
         # One GET per flight, not one MGET: each marker lives in its own flight's slot.
-        values = await self._fast.execute_many([("GET", keys.marker(f)) for f in flight_ids])
-        wanted = run_id.encode()
-        return [f for f, v in zip(flight_ids, values, strict=True) if v != wanted]
+        values = await self._fast.execute_many([("GET", m) for m in markers])
+        wanted = await self._fast.run_ids_for(markers)
+        return [f for f, v, w in zip(flight_ids, values, wanted, strict=True) if v != w.encode()]
 
     async def holders(self, flight_id: int, bookings: list[tuple[str, list[str]]]) -> list[bool]:
         """For each (booking id, seats): does it still hold (or own) every one of its seats?"""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _, seats in bookings:
-                pipe.mget(keys.seats(flight_id, seats))
-            replies = await pipe.execute()
+        replies = await self._fast.execute_many(
+            [("MGET", *keys.seats(flight_id, seats)) for _, seats in bookings]
+        )
         return [
             all((keys.seat_owner(v) or ("", False))[0] == booking_id for v in values)
             for (booking_id, _), values in zip(bookings, replies, strict=True)
@@ -381,13 +394,13 @@ class HoldStore:
         return {seat: o[0] for seat, o in zip(seats, owners, strict=True) if o is not None and o[1]}
 
     async def run_id_of_flight(self, flight_id: int) -> str:
-        """The run id of the Redis process that serves this flight (its cluster node)."""
-        return await self._fast.connected_run_id_for(keys.marker(flight_id))
+        """The run id of the Redis process that serves this flight (its cluster node), now."""
+        [run_id] = await self._fast.run_ids_for([keys.marker(flight_id)])
+        return run_id
 
     async def server_run_id(self) -> str:
-        """Changes whenever the Redis process restarts."""
-        info = await self.redis.info("server")
-        return str(info.get("run_id", ""))
+        """Changes whenever a Redis process restarts (any primary of a cluster)."""
+        return ",".join(sorted(await self._fast.run_ids()))
 
     async def seat_owners(
         self, flight_id: int, seats: Sequence[str]
@@ -400,21 +413,22 @@ class HoldStore:
         """How many holds the deadline indexes of these flights count, in one round trip."""
         if not flight_ids:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for flight_id in flight_ids:
-                pipe.zcard(keys.deadlines(flight_id))
-            return sum(await pipe.execute())
+        return sum(
+            await self._fast.execute_many([("ZCARD", keys.deadlines(f)) for f in flight_ids])
+        )
 
     async def seat_statuses(self, flight_id: int, seats: Sequence[str]) -> list[SeatStatus]:
         owners = await self.seat_owners(flight_id, seats)
         return [_status(o) for o in owners]
 
     async def free_counts(self, flights: list[tuple[int, Sequence[str]]]) -> list[int]:
-        """Free seats of several flights in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for flight_id, seats in flights:
-                pipe.mget(keys.seats(flight_id, seats))
-            replies = await pipe.execute()
+        """Free seats of several flights in one round trip (each flight's MGET goes to the
+        node that serves it)."""
+        if not flights:
+            return []
+        replies = await self._fast.execute_many(
+            [("MGET", *keys.seats(flight_id, seats)) for flight_id, seats in flights]
+        )
         return [sum(1 for v in values if v is None) for values in replies]
 
 

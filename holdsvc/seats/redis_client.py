@@ -113,6 +113,14 @@ class _Connection(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+def run_id_of(info: bytes) -> str:
+    """The run_id field of an INFO server reply."""
+    for line in bytes(info).decode("utf-8", "replace").splitlines():
+        if line.startswith("run_id:"):
+            return line.partition(":")[2].strip()
+    return ""
+
+
 class FastRedis(Protocol):
     """What the hold store needs of its hot-path client: this module's one-server client, or
     the cluster client (cluster_client.py) that routes each call by its key's slot."""
@@ -126,6 +134,9 @@ class FastRedis(Protocol):
     # script holds nothing unless the flight was restored into that process.
     def run_id_for(self, key: str) -> str | None: ...
     async def connected_run_id_for(self, key: str) -> str: ...
+    # Asked now (INFO), not remembered from the connect: a restarted process shows at once.
+    async def run_ids_for(self, keys: Sequence[str]) -> list[str]: ...
+    async def run_ids(self) -> list[str]: ...
     async def close(self) -> None: ...
 
 
@@ -211,10 +222,7 @@ class PipelinedRedis:
                 await conn.send(("AUTH", self._password))
         if self._db:
             await conn.send(("SELECT", self._db))
-        info = await conn.send(("INFO", "server"))
-        for line in bytes(info).decode("utf-8", "replace").splitlines():
-            if line.startswith("run_id:"):
-                conn.run_id = line.partition(":")[2].strip()
+        conn.run_id = run_id_of(await conn.send(("INFO", "server")))
 
     @property
     def run_id(self) -> str | None:
@@ -236,6 +244,17 @@ class PipelinedRedis:
 
     async def connected_run_id_for(self, key: str) -> str:
         return await self.connected_run_id()
+
+    async def server_run_id(self) -> str:
+        """The run id of the process answering now (INFO server)."""
+        return run_id_of(await self.execute("INFO", "server"))
+
+    async def run_ids_for(self, keys: Sequence[str]) -> list[str]:
+        run_id = await self.server_run_id()
+        return [run_id] * len(keys)
+
+    async def run_ids(self) -> list[str]:
+        return [await self.server_run_id()]
 
     async def _watch(self) -> None:
         last = time.monotonic()

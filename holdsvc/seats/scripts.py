@@ -6,6 +6,7 @@ NOSCRIPT (a ``SCRIPT FLUSH`` or a restarted Redis), loads the source again and r
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ class Scripts:
     restore_seats: AsyncScript
     index_seats: AsyncScript
     free_lapsed: AsyncScript
+
+    def all(self) -> list[AsyncScript]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
 
 
 async def load_scripts(redis: Redis, lua_dir: Path = LUA_DIR) -> Scripts:
