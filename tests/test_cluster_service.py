@@ -3,6 +3,10 @@ live on every node, and expiry from every node's events."""
 
 from __future__ import annotations
 
+import asyncio
+import random
+import shutil
+import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -110,3 +114,77 @@ async def test_holds_expire_from_the_events_of_every_primary(
     assert causes == {"expiry-event"}, causes
     for flight in flights:
         assert set((await seat_map(client, flight["id"])).values()) == {"available"}
+
+
+async def test_a_primary_restarted_empty_under_load_keeps_every_sale(
+    make_client: MakeClient, settings: Settings, cluster: LocalCluster
+) -> None:
+    client = await make_client(
+        settings.replace(redis_url=cluster.url, redis_cluster=True, sweep_interval=0.2)
+    )
+    flights = await flights_on_every_node(client, cluster)
+    confirmed = {}
+    for flight in flights:
+        booking = await hold(client, flight["id"], ["1A"])
+        paid = await client.post(f"/api/bookings/{booking['id']}/pay/")
+        assert paid.status == 200
+        confirmed[flight["id"]] = booking["id"]
+    victim_port = await node_of_flight(cluster, flights[0]["id"])
+    victim = next(n for n in cluster.nodes if n.port == victim_port)
+    on_victim = {f["id"] for f in flights if await node_of_flight(cluster, f["id"]) == victim_port}
+    statuses: dict[bool, Counter[int]] = {True: Counter(), False: Counter()}
+    stop = asyncio.Event()
+
+    async def customer(n: int) -> None:
+        rng = random.Random(n)
+        while not stop.is_set():
+            flight = flights[rng.randrange(len(flights))]["id"]
+            seat = f"{rng.randint(1, 2)}{'ABCDE'[rng.randrange(5)]}"
+            resp = await client.post(
+                "/api/bookings/", json={"flight_id": flight, "user_id": f"c{n}", "seats": [seat]}
+            )
+            statuses[flight in on_victim][resp.status] += 1
+            if resp.status == 201:
+                bid = (await resp.json())["id"]
+                await client.post(f"/api/bookings/{bid}/cancel/")
+            await asyncio.sleep(0.005)
+
+    load = [asyncio.create_task(customer(n)) for n in range(8)]
+    try:
+        await asyncio.sleep(0.5)
+        # The victim dies and comes back with its cluster identity and slots, but no data.
+        victim.kill(signal.SIGKILL)
+        shutil.rmtree(victim.directory / "appendonlydir", ignore_errors=True)
+        await asyncio.sleep(0.5)
+        victim.start()
+        before = statuses[True][201]
+
+        async def victim_holds_again() -> bool:
+            return statuses[True][201] > before
+
+        await eventually(victim_holds_again, timeout=15, interval=0.1)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+    # Only the victim's flights saw 503s; the others were never refused but for taken seats.
+    assert set(statuses[False]) <= {201, 409}, statuses
+    assert set(statuses[True]) <= {201, 409, 503}, statuses
+    assert statuses[True][503] > 0, statuses
+    # Every sale survived: each flight's 1A is booked in Redis for its confirmed booking,
+    # and SQL has one live booking a seat.
+    for flight in flights:
+        seats = await seat_map(client, flight["id"])
+        assert seats["1A"] == "booked", (flight["id"], seats)
+        again = await client.post(
+            "/api/bookings/", json={"flight_id": flight["id"], "user_id": "x", "seats": ["1A"]}
+        )
+        assert again.status == 409
+        got = await (await client.get(f"/api/bookings/{confirmed[flight['id']]}/")).json()
+        assert got["state"] == "CONFIRMED"
+    doubled = query(
+        settings.db_target,
+        "SELECT flight_id, seat FROM booking_seats WHERE live GROUP BY flight_id, seat"
+        " HAVING count(*) > 1",
+    )
+    assert doubled == []

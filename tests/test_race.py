@@ -12,8 +12,9 @@ from typing import Any
 
 import aiohttp
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
-from holdsvc.embedded_redis import EmbeddedRedis
+from holdsvc.embedded_redis import EmbeddedRedis, LocalCluster, find_binary
 from tests.helpers import SMALL_FLIGHT, ServiceProcess
 from tests.sql import query
 
@@ -29,7 +30,40 @@ async def test_racing_clients_across_processes_never_share_a_seat(
     services: Callable[..., ServiceProcess],
 ) -> None:
     args = ["--redis-url", redis_server.url, "--db", db, "--data-dir", str(tmp_path)]
-    nodes = [services(args), services(args)]
+    await _race(db, [services(args), services(args)], lambda flight_id: redis)
+
+
+async def test_racing_clients_across_processes_on_a_cluster_never_share_a_seat(
+    tmp_path: Path, db: str, services: Callable[..., ServiceProcess]
+) -> None:
+    cluster = LocalCluster(tmp_path / "cluster", binary=find_binary("auto"), primaries=3)
+    cluster.start()
+    try:
+        args = ["--redis-url", cluster.url, "--redis-cluster", "--db", db,
+                "--data-dir", str(tmp_path)]  # fmt: skip
+        nodes = [services(args), services(args)]
+
+        async with Redis.from_url(cluster.url) as seed:
+            slots = await seed.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+
+        opened: list[Redis] = []
+
+        def flight_node(flight_id: int) -> Redis:
+            slot = key_slot(f"{{f:{flight_id}}}".encode())
+            port = next(int(p[1]) for first, last, p, *_ in slots if first <= slot <= last)
+            opened.append(Redis(port=port))  # every key of the flight lives on its node
+            return opened[-1]
+
+        try:
+            await _race(db, nodes, flight_node)
+        finally:
+            for client in opened:
+                await client.aclose()
+    finally:
+        cluster.stop()
+
+
+async def _race(db: str, nodes: list[ServiceProcess], redis_of: Callable[[int], Redis]) -> None:
     rng = random.Random(7)
     gate = asyncio.Event()
 
@@ -37,6 +71,7 @@ async def test_racing_clients_across_processes_never_share_a_seat(
         async with http.post(f"{nodes[0].base}/api/flights/", json=SMALL_FLIGHT) as resp:
             assert resp.status == 201
             flight_id = (await resp.json())["id"]
+        redis = redis_of(flight_id)
 
         async def attempt(i: int) -> tuple[int, dict[str, Any], list[str]]:
             start = rng.randrange(len(SEATS))

@@ -122,7 +122,9 @@ def flight_view(f: Flight, available: int | None) -> dict[str, Any]:
 CLIENT_GONE = 499
 # Redis refusing for a while (out of memory, a replica, loading, a busy script, failover):
 # the request may succeed later, so 503, not 500.
-_TRANSIENT = ("OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN")
+_TRANSIENT = (
+    "OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN",
+)
 
 
 def redis_unavailable(exc: Exception) -> bool:
