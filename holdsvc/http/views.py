@@ -123,7 +123,14 @@ CLIENT_GONE = 499
 # Redis refusing for a while (out of memory, a replica, loading, a busy script, failover):
 # the request may succeed later, so 503, not 500.
 _TRANSIENT = (
-    "OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN",
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
 )
 
 
