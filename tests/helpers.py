@@ -199,3 +199,37 @@ async def paid_over_http(
     async with http.post(f"{base}/api/bookings/{booking_id}/pay/") as resp:
         assert resp.status == 200, await resp.text()
         return flight_id, booking_id, await resp.json()
+
+
+async def node_command(port: int, *args: Any) -> Any:
+    """One command to one Redis node, whatever slots it serves (cluster tests)."""
+    from holdsvc.seats.redis_client import PipelinedRedis
+
+    node = PipelinedRedis(f"redis://127.0.0.1:{port}/0")
+    try:
+        return await node.execute(*args)
+    finally:
+        await node.close()
+
+
+async def slot_owner(port: int, slot: int) -> int:
+    """The port of the primary that serves ``slot``, as the node on ``port`` says."""
+    for first, last, primary, *_ in await node_command(port, "CLUSTER", "SLOTS"):
+        if first <= slot <= last:
+            return int(primary[1])
+    raise AssertionError(f"no node serves slot {slot}")
+
+
+async def migrate_slot(ports: list[int], slot: int, target: int, batch: int = 10) -> None:
+    """Move ``slot`` to the primary on ``target`` as redis-cli's reshard does: IMPORTING,
+    MIGRATING, the keys a few at a time (calls meanwhile meet ASK), then NODE on every node
+    (calls after meet MOVED)."""
+    source = await slot_owner(ports[0], slot)
+    ids = {p: (await node_command(p, "CLUSTER", "MYID")).decode() for p in ports}
+    await node_command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+    await node_command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+    while keys := await node_command(source, "CLUSTER", "GETKEYSINSLOT", slot, batch):
+        await node_command(source, "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        await asyncio.sleep(0.01)
+    for port in ports:
+        await node_command(port, "CLUSTER", "SETSLOT", slot, "NODE", ids[target])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -14,7 +13,7 @@ from redis.crc import key_slot
 
 from holdsvc.embedded_redis import LocalCluster, find_binary
 from holdsvc.seats.cluster_client import ClusterPipelinedRedis
-from holdsvc.seats.redis_client import PipelinedRedis
+from tests.helpers import migrate_slot, node_command, slot_owner
 
 
 @pytest.fixture
@@ -40,21 +39,8 @@ def flight_key(flight: int, name: str) -> str:
     return f"{{f:{flight}}}:{name}"
 
 
-async def command(port: int, *args: Any) -> Any:
-    """One command to one node, whatever slot it serves."""
-    node = PipelinedRedis(f"redis://127.0.0.1:{port}/0")
-    try:
-        return await node.execute(*args)
-    finally:
-        await node.close()
-
-
 async def owner_port(cluster: LocalCluster, key: str) -> int:
-    """The port of the primary that owns the key's slot, as the cluster itself says."""
-    for first, last, primary, *_ in await command(cluster.nodes[0].port, "CLUSTER", "SLOTS"):
-        if first <= key_slot(key.encode()) <= last:
-            return int(primary[1])
-    raise AssertionError("no owner")
+    return await slot_owner(cluster.nodes[0].port, key_slot(key.encode()))
 
 
 async def test_calls_are_routed_by_slot_over_one_connection_per_primary(
@@ -69,7 +55,7 @@ async def test_calls_are_routed_by_slot_over_one_connection_per_primary(
             here = [k for k in keys if await owner_port(cluster, k) == node.port]
             assert here, "keys on every node"
             assert await r.dbsize() == len(here)
-            clients = (await command(node.port, "CLIENT", "LIST")).decode().splitlines()
+            clients = (await node_command(node.port, "CLIENT", "LIST")).decode().splitlines()
             # Ours (one), plus the two inspecting connections.
             assert len(clients) == 3, clients
     assert client.connects == 3
@@ -92,7 +78,6 @@ async def test_a_slot_migrated_under_load_is_followed_without_a_failed_call(
     target = next(n.port for n in cluster.nodes if n.port != source)
     for k in keys:
         await client.execute("SET", k, "0")
-    ids = {n.port: (await command(n.port, "CLUSTER", "MYID")).decode() for n in cluster.nodes}
 
     stop = asyncio.Event()
     done = 0
@@ -103,28 +88,16 @@ async def test_a_slot_migrated_under_load_is_followed_without_a_failed_call(
             await client.execute("INCR", keys[(n * 7 + done) % len(keys)])
             done += 1
 
-    async def migrate() -> None:
-        await command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
-        await command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
-        while True:
-            batch = await command(source, "CLUSTER", "GETKEYSINSLOT", slot, 20)
-            if not batch:
-                break
-            await command(source, "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *batch)
-            await asyncio.sleep(0.01)  # calls meet the slot half moved: ASK
-        for port in (target, source, *(n.port for n in cluster.nodes)):
-            await command(port, "CLUSTER", "SETSLOT", slot, "NODE", ids[target])
-
     workers = [asyncio.create_task(load(n)) for n in range(16)]
     await asyncio.sleep(0.2)
-    await asyncio.wait_for(migrate(), 20)
+    await asyncio.wait_for(migrate_slot([n.port for n in cluster.nodes], slot, target, 20), 20)
     await asyncio.sleep(0.3)  # calls now meet MOVED, then the refreshed map
     stop.set()
     await asyncio.gather(*workers)  # any failed call would raise here
     assert done > 100
     assert client.node_for(keys[0]) is not None
     assert await owner_port(cluster, keys[0]) == target
-    total = sum(int(v) for v in await command(target, "MGET", *keys))
+    total = sum(int(v) for v in await node_command(target, "MGET", *keys))
     assert total == done  # every INCR applied exactly once, wherever it landed
     # Both redirections were met and followed: ASK mid-migration, MOVED after it.
     assert client.asked > 0 and client.moved > 0, (client.asked, client.moved)

@@ -17,9 +17,8 @@ from aiohttp.test_utils import TestClient
 from redis.crc import key_slot
 
 from holdsvc.embedded_redis import LocalCluster, find_binary
-from holdsvc.seats.redis_client import PipelinedRedis
 from holdsvc.settings import Settings
-from tests.helpers import eventually, hold, new_flight, seat_map
+from tests.helpers import eventually, hold, migrate_slot, new_flight, seat_map, slot_owner
 from tests.sql import query
 
 Client = TestClient[Any, Any]
@@ -37,16 +36,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 async def node_of_flight(cluster: LocalCluster, flight_id: int) -> int:
-    node = PipelinedRedis(cluster.url)
-    try:
-        slots = await node.execute("CLUSTER", "SLOTS")
-    finally:
-        await node.close()
-    slot = key_slot(f"{{f:{flight_id}}}".encode())
-    for first, last, primary, *_ in slots:
-        if first <= slot <= last:
-            return int(primary[1])
-    raise AssertionError("no node")
+    return await slot_owner(cluster.nodes[0].port, key_slot(f"{{f:{flight_id}}}".encode()))
 
 
 async def flights_on_every_node(client: Client, cluster: LocalCluster) -> list[dict[str, Any]]:
@@ -188,3 +178,67 @@ async def test_a_primary_restarted_empty_under_load_keeps_every_sale(
         " HAVING count(*) > 1",
     )
     assert doubled == []
+
+
+async def test_a_flights_slot_migrated_under_hold_traffic(
+    make_client: MakeClient, settings: Settings, cluster: LocalCluster
+) -> None:
+    client = await make_client(settings.replace(redis_url=cluster.url, redis_cluster=True))
+    flight = await new_flight(client, rows=20, seat_letters="ABCDEF")
+    fid = flight["id"]
+    source = await node_of_flight(cluster, fid)
+    target = next(n.port for n in cluster.nodes if n.port != source)
+    winners: dict[str, list[str]] = {}
+    statuses: Counter[int] = Counter()
+    stop = asyncio.Event()
+
+    async def customer(n: int) -> None:
+        rng = random.Random(n)
+        while not stop.is_set():
+            if rng.random() < 0.5:
+                row = rng.randint(1, 20)
+                body: dict[str, Any] = {"seats": [f"{row}{c}" for c in rng.sample("ABCDEF", 2)]}
+            else:
+                body = {"seat_count": rng.randint(1, 3)}
+            resp = await client.post(
+                "/api/bookings/", json={"flight_id": fid, "user_id": f"c{n}", **body}
+            )
+            statuses[resp.status] += 1
+            if resp.status == 201:
+                booking = await resp.json()
+                winners[booking["id"]] = booking["seats"]
+                if rng.random() < 0.7:  # most let go again: the flight never fills up
+                    cancel = await client.post(f"/api/bookings/{booking['id']}/cancel/")
+                    statuses[cancel.status] += 1
+            await asyncio.sleep(0.002)
+
+    load = [asyncio.create_task(customer(n)) for n in range(8)]
+    try:
+        await asyncio.sleep(0.3)
+        slot = key_slot(f"{{f:{fid}}}".encode())
+        await asyncio.wait_for(migrate_slot([n.port for n in cluster.nodes], slot, target), 30)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+    assert await node_of_flight(cluster, fid) == target
+    # Besides taken seats (409) and released holds (200), only a retryable 503.
+    assert set(statuses) <= {200, 201, 409, 503}, statuses
+    assert statuses[201] > 100, statuses
+    # A 503's hold may have been granted; its compensation takes it back within seconds.
+    await asyncio.sleep(1.5)
+    seats = await seat_map(client, fid)
+    live: dict[str, list[str]] = {}
+    for bid, held in winners.items():
+        got = await (await client.get(f"/api/bookings/{bid}/")).json()
+        assert got["seats"] == held
+        if got["state"] == "SEAT_HELD":
+            live[bid] = held
+        else:
+            assert got["state"] == "CANCELLED", got
+    # Each live hold holds every one of its seats, no seat is in two of them, and no other
+    # seat is held: nothing half-held, nothing held for nobody.
+    taken = Counter(seat for held in live.values() for seat in held)
+    assert not taken or max(taken.values()) == 1, taken.most_common(3)
+    held_seats = {seat for seat, status in seats.items() if status == "held"}
+    assert held_seats == set(taken), held_seats ^ set(taken)
