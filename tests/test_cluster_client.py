@@ -102,3 +102,27 @@ async def test_a_slot_migrated_under_load_is_followed_without_a_failed_call(
     # Both redirections were met and followed: ASK mid-migration, MOVED after it.
     assert client.asked > 0 and client.moved > 0, (client.asked, client.moved)
     assert client.refreshes >= 2  # the first map, and the one after MOVED
+
+
+async def test_a_script_refused_for_a_moved_undeclared_key_is_retried_until_the_move_ends(
+    cluster: LocalCluster, client: ClusterPipelinedRedis
+) -> None:
+    ports = [n.port for n in cluster.nodes]
+    declared, undeclared = flight_key(9, "d"), flight_key(9, "1A")
+    slot = key_slot(declared.encode())
+    source = await owner_port(cluster, declared)
+    target = next(p for p in ports if p != source)
+    await client.execute("SET", declared, "x")
+    await client.execute("SET", undeclared, "held")
+    ids = {p: (await node_command(p, "CLUSTER", "MYID")).decode() for p in ports}
+    await node_command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+    await node_command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+    await node_command(source, "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", undeclared)
+    # As hold_best reads seat keys: derived from the declared key's tag, not declared.
+    script = "return redis.call('GET', string.sub(KEYS[1], 1, -2) .. '1A')"
+    call: asyncio.Future[Any] = asyncio.ensure_future(client.execute("EVAL", script, 1, declared))
+    await asyncio.sleep(0.06)
+    assert not call.done()  # refused ("non local key") and retried meanwhile
+    await migrate_slot(ports, slot, target)
+    assert await asyncio.wait_for(call, 5) == b"held"
+    assert client.retried > 0

@@ -9,7 +9,11 @@ names for one flight shares the ``{f:<id>}`` hash tag, so a script's first key r
 Redirections are followed: ``MOVED`` updates the slot's owner and the call goes again there,
 with the whole map refreshed in the background; ``ASK`` (a slot being migrated, this key
 already moved) sends ``ASKING`` and the call to the importing node, back to back on its
-connection, once. ``TRYAGAIN`` (a multi-key call during a migration) is retried shortly.
+connection, once. ``TRYAGAIN`` (a multi-key call during a migration) is retried shortly, and
+so is a script Redis refused for touching an undeclared key that has already moved ("non
+local key"): every holdsvc script reads its undeclared keys before its first write to one, so
+a script refused there changed nothing (each script's header says why). Past the retries the
+call fails as unavailable: a 503, to retry.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ log = logging.getLogger(__name__)
 SLOTS = 16384
 # Redirections one call follows before it fails (a slot moving twice while one call is in
 # flight is already rare).
-MAX_REDIRECTS = 5
+MAX_REDIRECTS = 10
 TRYAGAIN_DELAY_S = 0.02
+# Valkey's and Redis's refusal of a script's undeclared key in a slot being migrated.
+_NOT_LOCAL = "non local key"
 # Commands whose keys come after a key count: the script's first key routes it.
 _SCRIPTED = frozenset({b"EVALSHA", b"EVAL", b"EVALSHA_RO", b"EVAL_RO", b"FCALL", b"FCALL_RO"})
 # Commands that go to every primary (a script must be loaded on each node).
@@ -73,6 +79,7 @@ class ClusterPipelinedRedis:
         self.refreshes = 0
         self.moved = 0
         self.asked = 0
+        self.retried = 0
 
     # ----- routing
 
@@ -164,11 +171,14 @@ class ClusterPipelinedRedis:
                     self.asked += 1
                     node = self._node(_address(rest.split(" ", 1)[1], self._seed[0]))
                     asking = True
-                elif kind == "TRYAGAIN":
+                elif kind == "TRYAGAIN" or _NOT_LOCAL in text:
+                    self.retried += 1
                     await asyncio.sleep(TRYAGAIN_DELAY_S)
                 else:
                     raise
-        raise RedisConnectionError(f"{_name(args[0]).decode()}: too many cluster redirections")
+        raise RedisConnectionError(
+            f"{_name(args[0]).decode()}: the cluster kept redirecting it (a slot migrating)"
+        )
 
     @staticmethod
     async def _asking(node: PipelinedRedis, args: tuple[Any, ...]) -> Any:
