@@ -8,7 +8,11 @@
 --           seat taken since then is not overwritten)
 --
 -- Seat keys are derived from KEYS[1]'s hash tag ({f:<flight>}:<seat>, the same slot): one
--- command with many arguments costs the client far less than one command per seat.
+-- command with many arguments costs the client far less than one command per seat. On Redis
+-- Cluster a seat key moved away by a slot migration makes Redis refuse the script at that
+-- seat, after it may have written earlier ones. That is safe: each write only puts back what
+-- SQL says is sold (never over another booking's hold), and the marker, which lets holds in,
+-- is written last, so the flight stays closed to holds until a restore runs to its end.
 --
 -- Returns (closed set):
 --   n >= 0   the number of seats written (those skipped belong to another booking now)
