@@ -322,24 +322,36 @@ class LocalCluster:
 
     def __init__(self, directory: Path, *, binary: Path, primaries: int = 3) -> None:
         self.directory = directory
-        self.nodes = [
-            EmbeddedRedis(
-                directory / f"node{n}",
-                binary=binary,
-                port=free_cluster_port(),
-                extra_args=[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    str(directory / f"node{n}" / "nodes.conf"),
-                    "--cluster-node-timeout",
-                    "2000",
-                    "--cluster-require-full-coverage",
-                    "no",
-                ],
-            )
-            for n in range(primaries)
-        ]
+        self.binary = binary
+        self.nodes = [self._new_node(n) for n in range(primaries)]
+
+    def _new_node(self, n: int) -> EmbeddedRedis:
+        return EmbeddedRedis(
+            self.directory / f"node{n}",
+            binary=self.binary,
+            port=free_cluster_port(),
+            extra_args=[
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.directory / f"node{n}" / "nodes.conf"),
+                "--cluster-node-timeout", "2000",
+                "--cluster-require-full-coverage", "no",
+            ],
+        )  # fmt: skip
+
+    def add_primary(self) -> EmbeddedRedis:
+        """Start one more node and meet it into the cluster, serving no slot yet (migrate
+        some to it)."""
+        node = self._new_node(len(self.nodes))
+        node.directory.mkdir(parents=True, exist_ok=True)
+        node.start()
+        _command(self.nodes[0].port, "CLUSTER", "MEET", "127.0.0.1", str(node.port))
+        self.nodes.append(node)
+        deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if all(self._ready(n) for n in self.nodes):
+                return node
+            time.sleep(0.05)
+        raise EmbeddedRedisError("the new node did not join the cluster")
 
     @property
     def url(self) -> str:

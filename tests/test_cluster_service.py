@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.crc import key_slot
 
+from holdsvc.app import TOPOLOGY_EVERY_S
 from holdsvc.embedded_redis import LocalCluster, find_binary
 from holdsvc.settings import Settings
 from tests.helpers import eventually, hold, migrate_slot, new_flight, seat_map, slot_owner
@@ -242,3 +243,30 @@ async def test_a_flights_slot_migrated_under_hold_traffic(
     assert not taken or max(taken.values()) == 1, taken.most_common(3)
     held_seats = {seat for seat, status in seats.items() if status == "held"}
     assert held_seats == set(taken), held_seats ^ set(taken)
+
+
+async def test_expiry_events_follow_a_primary_that_joins(
+    make_client: MakeClient, settings: Settings, cluster: LocalCluster
+) -> None:
+    # The sweeper off: only the new node's own events can expire the hold on it.
+    client = await make_client(
+        settings.replace(redis_url=cluster.url, redis_cluster=True, hold_ttl=1.0, sweep_interval=0)
+    )
+    flight = await new_flight(client)
+    newcomer = cluster.add_primary()
+    slot = key_slot(f"{{f:{flight['id']}}}".encode())
+    await migrate_slot([n.port for n in cluster.nodes], slot, newcomer.port)
+    assert await node_of_flight(cluster, flight["id"]) == newcomer.port
+    # Within one topology refresh the service consumes the newcomer's events too.
+    await asyncio.sleep(TOPOLOGY_EVERY_S + 1)
+    held = await hold(client, flight["id"], ["1A"])
+
+    async def expired() -> bool:
+        rows = query(
+            settings.db_target,
+            "SELECT cause FROM transitions WHERE booking_id = ? AND to_state = 'EXPIRED'",
+            (held["id"],),
+        )
+        return rows == [("expiry-event",)]
+
+    await eventually(expired, timeout=5, interval=0.1)
