@@ -7,16 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import closed_loop
-from bench.store import SEATS, four_seat_holds
-from holdsvc import EmbeddedRedis, HoldStore, LocalCluster, connect_hold_store, find_binary
+from bench.store import META, SEATS, TTL_MS, four_seat_holds
+from holdsvc import (
+    EmbeddedRedis,
+    HoldStore,
+    LocalCluster,
+    connect_hold_store,
+    find_binary,
+    load_scripts,
+    seat_keys,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
+ROUNDS = 3
+
+
+def _at(run: int, max_calls: int) -> int:
+    """The first flight id of the scenario's ``run``-th run: no two runs share a flight."""
+    return 100_000 + run * (max_calls // (len(SEATS) // 4) + 10)
 
 
 def _cpu_s(pid: int) -> float:
@@ -63,6 +78,50 @@ async def _run(
     }
 
 
+async def _redis_py(
+    url: str, seconds: float, max_calls: int, c: int, first_flight: int
+) -> dict[str, Any]:
+    """The official client's cluster mode, for comparison: redis-py's RedisCluster sending
+    the same hold script (EVALSHA, routed by its first key) with the same keys and arguments.
+    Its cluster pipelines refuse EVALSHA, so each call goes alone."""
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    holds = await connect_hold_store(url, cluster=True)
+    flights = range(first_flight, first_flight + max_calls // (len(SEATS) // 4) + 2)
+    run_ids: dict[int, str] = {}
+    for f in flights:
+        run_ids[f] = await holds.run_id_of_flight(f)
+        await holds.restore(f, [], run_ids[f])
+    await holds.close()
+    async with Redis.from_url(url) as seed:
+        sha = (await load_scripts(seed)).hold_seats.sha
+    client = RedisCluster.from_url(url, max_connections=c)
+    per_flight = len(SEATS) // 4
+
+    async def hold(n: int) -> str:
+        flight, slot = divmod(n, per_flight)
+        f = flights[flight]
+        seats = SEATS[slot * 4 : slot * 4 + 4]
+        reply = await client.evalsha(
+            sha, 8 + len(seats),
+            seat_keys.deadlines(f), seat_keys.marker(f), seat_keys.records(f),
+            seat_keys.idempotency(f, ""), *seat_keys.index(f), *seat_keys.seats(f, seats),
+            f"p{n}", TTL_MS, META.user_id, META.amount, META.currency, "", 0, run_ids[f],
+        )  # fmt: skip
+        return "held" if reply[0] == 1 else "refused"
+
+    try:
+        load = await closed_loop(hold, c, seconds, max_calls)
+    finally:
+        await client.aclose()
+    return {
+        "holds_per_s": round(load.rate("held")),
+        "refused": load.counts.get("refused", 0),
+        **load.summary(),
+    }
+
+
 async def _cluster(
     redis_server: str, seconds: float, max_calls: int, concurrency: int
 ) -> dict[str, Any]:
@@ -78,32 +137,39 @@ async def _cluster(
             def pids(nodes: list[EmbeddedRedis]) -> list[int]:
                 return [n.process.pid for n in nodes if n.process is not None]
 
-            args = (seconds, max_calls, concurrency)
-            # The single-node client before and after the clusters; the ratio is taken against
-            # the better of the two (the first run of a fresh worker and server is the slower
-            # one here), so the cluster client is never flattered by a slow baseline.
-            first = await _run(single.url, pids([single]), False, *args)
-            on_one = await _run(one.url, pids(one.nodes), True, *args)
+            # Alternated, three rounds each, and compared by medians: this machine's rate
+            # drifts by a third within a minute, so one run of each compares two moments.
+            third = max(1.0, seconds / 3)
+            args = (third, max_calls, concurrency)
+            alone, on_one = [], []
+            for n in range(ROUNDS):
+                at = _at(2 * n, max_calls), _at(2 * n + 1, max_calls)
+                alone.append(
+                    await _run(single.url, pids([single]), False, *args, first_flight=at[0])
+                )
+                on_one.append(await _run(one.url, pids(one.nodes), True, *args, first_flight=at[1]))
             on_three = await _run(three.url, pids(three.nodes), True, *args)
-            second = await _run(single.url, pids([single]), False, *args, first_flight=60_000)
+            official = await _redis_py(one.url, *args, first_flight=_at(2 * ROUNDS, max_calls))
         finally:
             for server in (single, one, three):
                 server.stop()
-    base = max(first["holds_per_s"], second["holds_per_s"])
+    base = statistics.median(r["holds_per_s"] for r in alone)
+    one_rate = statistics.median(r["holds_per_s"] for r in on_one)
     return {
         "single_node_per_s": round(base),
-        "one_primary_per_s": on_one["holds_per_s"],
+        "one_primary_per_s": round(one_rate),
         "three_primaries_per_s": on_three["holds_per_s"],
-        "ratio_one_primary_vs_single": round(on_one["holds_per_s"] / base, 3) if base else None,
-        "ratio_three_vs_one": (
-            round(on_three["holds_per_s"] / on_one["holds_per_s"], 3)
-            if on_one["holds_per_s"]
-            else None
-        ),
-        "single": first,
-        "single_again": second,
-        "one_primary": on_one,
+        "ratio_one_primary_vs_single": round(one_rate / base, 3) if base else None,
+        "ratio_three_vs_one": round(on_three["holds_per_s"] / one_rate, 3) if one_rate else None,
+        "redis_py_cluster_one_primary_per_s": official["holds_per_s"],
+        "rounds": {
+            "single": [r["holds_per_s"] for r in alone],
+            "one_primary": [r["holds_per_s"] for r in on_one],
+        },
+        "single": alone[-1],
+        "one_primary": on_one[-1],
         "three_primaries": on_three,
+        "redis_py_cluster": official,
         "cores": os.cpu_count(),
         "concurrency": concurrency,
     }

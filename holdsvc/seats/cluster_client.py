@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
@@ -44,6 +45,11 @@ _NOT_LOCAL = "non local key"
 _SCRIPTED = frozenset({b"EVALSHA", b"EVAL", b"EVALSHA_RO", b"EVAL_RO", b"FCALL", b"FCALL_RO"})
 # Commands that go to every primary (a script must be loaded on each node).
 _EVERY_PRIMARY = frozenset({b"SCRIPT"})
+
+
+@functools.lru_cache(maxsize=65536)
+def _slot(key: str) -> int:
+    return key_slot(key.encode())
 
 
 def _name(arg: Any) -> bytes:
@@ -131,7 +137,7 @@ class ClusterPipelinedRedis:
 
     def node_for(self, key: bytes | str) -> PipelinedRedis | None:
         """The primary this client would send ``key`` to now (None before the map is read)."""
-        return self._slots[key_slot(key if isinstance(key, bytes) else key.encode())]
+        return self._slots[_slot(key) if isinstance(key, str) else key_slot(key)]
 
     # ----- calls
 
@@ -141,10 +147,16 @@ class ClusterPipelinedRedis:
     async def _run(self, args: tuple[Any, ...]) -> Any:
         if self._closed:
             raise RedisConnectionError("the Redis client is closed")
-        if _name(args[0]) in _EVERY_PRIMARY:
-            return await self._everywhere(args)
-        key = key_of(args)
-        slot = key_slot(key) if key is not None else 0
+        command = args[0]
+        if command == "EVALSHA" and args[2]:
+            # The hold path's every call: its first key's slot, cached (a flight's keys
+            # repeat), without the general parse below.
+            slot = _slot(args[3])
+        else:
+            if _name(command) in _EVERY_PRIMARY:
+                return await self._everywhere(args)
+            key = key_of(args)
+            slot = key_slot(key) if key is not None else 0
         node = self._slots[slot]
         if node is None:
             await self.refresh()
