@@ -91,11 +91,13 @@ async def _connect_redis(settings: Settings) -> HoldStore:
     where = urlparse(url)
     unreachable = f"Redis at {where.hostname}:{where.port} does not answer"
     try:
-        holds = await connect_hold_store(url, pool_size=4)
+        holds = await connect_hold_store(url, pool_size=4, cluster=settings.redis_cluster)
     except (RedisError, OSError) as exc:
         raise RedisUnreachable(f"{unreachable}: {exc}") from exc
     try:
         await holds.ping()
+        if settings.redis_cluster:
+            await holds.load_everywhere()
     except (RedisError, OSError) as exc:
         await holds.close()
         raise RedisUnreachable(f"{unreachable}: {exc}") from exc

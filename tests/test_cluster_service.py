@@ -7,6 +7,8 @@ import asyncio
 import random
 import shutil
 import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -270,3 +272,28 @@ async def test_expiry_events_follow_a_primary_that_joins(
         return rows == [("expiry-event",)]
 
     await eventually(expired, timeout=5, interval=0.1)
+
+
+def test_the_admin_commands_on_a_cluster(tmp_path: Path, cluster: LocalCluster) -> None:
+    where = ["--redis-cluster", "--redis-url", cluster.url, "--db", str(tmp_path / "a.sqlite3")]
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "holdsvc", *args, *where],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    for n in range(6):  # flights on every node
+        made = admin(
+            "flights", "create", "--flight-number", f"CL{n}", "--origin", "DEL",
+            "--destination", "BOM", "--departure-time", "2026-12-20T10:00:00Z", "--rows", "2",
+            "--seat-letters", "AB", "--price", "10", "--currency", "INR",
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    listed = admin("flights", "list")
+    assert listed.returncode == 0 and listed.stdout.count("4/4 free") == 6, listed.stdout
+    audit = admin("audit")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert audit.stdout.strip().endswith("0 differences in 6 flights")
+    status = admin("status")
+    assert status.returncode == 0 and "live holds   0" in status.stdout, status.stdout
