@@ -4,6 +4,7 @@ live on every node, and expiry from every node's events."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import shutil
 import signal
@@ -297,3 +298,37 @@ def test_the_admin_commands_on_a_cluster(tmp_path: Path, cluster: LocalCluster) 
     assert audit.stdout.strip().endswith("0 differences in 6 flights")
     status = admin("status")
     assert status.returncode == 0 and "live holds   0" in status.stdout, status.stdout
+
+
+async def test_expiry_consumers_let_go_of_a_primary_that_leaves(
+    make_client: MakeClient,
+    settings: Settings,
+    cluster: LocalCluster,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="holdsvc.app")
+    client = await make_client(settings.replace(redis_url=cluster.url, redis_cluster=True))
+    flight = await new_flight(client)
+    slot = key_slot(f"{{f:{flight['id']}}}".encode())
+    home = await node_of_flight(cluster, flight["id"])
+    newcomer = cluster.add_primary()
+    ports = [n.port for n in cluster.nodes]
+    await migrate_slot(ports, slot, newcomer.port)
+    joined = f"consuming expiry events of primary redis://127.0.0.1:{newcomer.port}/0"
+
+    async def logged(line: str) -> bool:
+        return line in caplog.text
+
+    await eventually(lambda: logged(joined), timeout=TOPOLOGY_EVERY_S + 2)
+    # It gives its only slot back (and becomes a replica): its events are no longer read...
+    await migrate_slot(ports, slot, home)
+    left = f"primary redis://127.0.0.1:{newcomer.port}/0 left the cluster"
+    await eventually(lambda: logged(left), timeout=TOPOLOGY_EVERY_S + 2)
+    assert caplog.text.count(left) == 1
+    # ...and once it is gone for good, nothing keeps trying to subscribe to it.
+    newcomer.stop()
+    caplog.clear()
+    await asyncio.sleep(1.5)
+    assert str(newcomer.port) not in caplog.text, caplog.text
+    held = await hold(client, flight["id"], ["1A"])
+    assert (await client.get(f"/api/bookings/{held['id']}/")).status == 200
