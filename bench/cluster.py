@@ -122,6 +122,59 @@ async def _redis_py(
     }
 
 
+async def _glide(
+    url: str, seconds: float, max_calls: int, c: int, first_flight: int
+) -> dict[str, Any]:
+    """valkey-glide (a Rust core, cluster-aware), when installed: the same script, keys and
+    arguments, each call routed by the client itself."""
+    try:
+        from glide import (  # type: ignore[import-not-found, unused-ignore]
+            GlideClusterClient,
+            GlideClusterClientConfiguration,
+            NodeAddress,
+        )
+    except ImportError:
+        return {"skipped": "valkey-glide is not installed (pip install valkey-glide)"}
+    from redis.asyncio import Redis
+
+    holds = await connect_hold_store(url, cluster=True)
+    flights = range(first_flight, first_flight + max_calls // (len(SEATS) // 4) + 2)
+    run_ids: dict[int, str] = {}
+    for f in flights:
+        run_ids[f] = await holds.run_id_of_flight(f)
+        await holds.restore(f, [], run_ids[f])
+    await holds.close()
+    async with Redis.from_url(url) as seed:
+        sha = (await load_scripts(seed)).hold_seats.sha
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    client = await GlideClusterClient.create(
+        GlideClusterClientConfiguration([NodeAddress(host, int(port))])
+    )
+    per_flight = len(SEATS) // 4
+
+    async def hold(n: int) -> str:
+        flight, slot = divmod(n, per_flight)
+        f = flights[flight]
+        seats = SEATS[slot * 4 : slot * 4 + 4]
+        keys = [
+            seat_keys.deadlines(f), seat_keys.marker(f), seat_keys.records(f),
+            seat_keys.idempotency(f, ""), *seat_keys.index(f), *seat_keys.seats(f, seats),
+        ]  # fmt: skip
+        args = [f"g{n}", str(TTL_MS), META.user_id, META.amount, META.currency, "", "0", run_ids[f]]
+        reply = await client.custom_command(["EVALSHA", sha, str(len(keys)), *keys, *args])
+        return "held" if reply[0] == 1 else "refused"
+
+    try:
+        load = await closed_loop(hold, c, seconds, max_calls)
+    finally:
+        await client.close()
+    return {
+        "holds_per_s": round(load.rate("held")),
+        "refused": load.counts.get("refused", 0),
+        **load.summary(),
+    }
+
+
 async def _cluster(
     redis_server: str, seconds: float, max_calls: int, concurrency: int
 ) -> dict[str, Any]:
@@ -150,6 +203,7 @@ async def _cluster(
                 on_one.append(await _run(one.url, pids(one.nodes), True, *args, first_flight=at[1]))
             on_three = await _run(three.url, pids(three.nodes), True, *args)
             official = await _redis_py(one.url, *args, first_flight=_at(2 * ROUNDS, max_calls))
+            glide = await _glide(one.url, *args, first_flight=_at(2 * ROUNDS + 1, max_calls))
         finally:
             for server in (single, one, three):
                 server.stop()
@@ -170,6 +224,8 @@ async def _cluster(
         "one_primary": on_one[-1],
         "three_primaries": on_three,
         "redis_py_cluster": official,
+        "glide_one_primary_per_s": glide.get("holds_per_s"),
+        "glide": glide,
         "cores": os.cpu_count(),
         "concurrency": concurrency,
     }
