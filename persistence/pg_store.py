@@ -461,11 +461,20 @@ class _Writer:
         return results
 
     async def _slow(self, conn: Conn, batch: list[_Queued]) -> list[Any]:
+        """Every operation under its own savepoint; any error but a lost connection is kept
+        for that operation's caller alone, and the others commit."""
         results: list[Any] = []
         async with conn.transaction():
             for item in batch:
                 op = item.op
-                results.append(await _savepoint(conn, _as_op(op) if isinstance(op, Call) else op))
+                try:
+                    results.append(
+                        await _savepoint(conn, _as_op(op) if isinstance(op, Call) else op)
+                    )
+                except CONNECTION_ERRORS:
+                    raise
+                except Exception as exc:
+                    results.append(_Refused(exc))
         return results
 
     def _fail(self, batch: list[_Queued], error: BaseException) -> None:

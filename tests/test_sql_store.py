@@ -4,6 +4,7 @@ writer process (death, restart, bad messages), and what the service answers mean
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -32,7 +33,7 @@ from persistence.records import (
     now_ms,
 )
 from persistence.sqlite_store import SqlStore
-from persistence.stores import AnyStore, open_store
+from persistence.stores import AnyStore, PgStore, open_store
 from persistence.writer import Call, GroupCommitWriter, WriterClosed
 from tests.helpers import eventually, hold, insert_held, new_flight, seat_map
 from tests.sql import execute
@@ -388,3 +389,23 @@ async def test_the_service_answers_503_while_its_writer_is_replaced(
     for booking in (first, second):
         paid = await client.post(f"/api/bookings/{booking['id']}/pay/")
         assert paid.status == 200, await paid.text()
+
+
+async def test_an_operation_the_database_rejects_fails_alone_in_its_group(
+    store: AnyStore,
+) -> None:
+    flight = await store.create_flight(FLIGHT)
+    good = [booking(f"ok{i}", flight.id, [f"{i}A"]) for i in range(10)]
+    # PostgreSQL refuses a NUL in text (SQLite stores it): queued in the same turn as the
+    # good ones, so they share a group commit.
+    bad = dataclasses.replace(booking("bad", flight.id, ["1B"]), user_id="u\x00")
+    results = await asyncio.gather(
+        *(insert_held(store, b, SUPERSEDE) for b in [*good[:5], bad, *good[5:]]),
+        return_exceptions=True,
+    )
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert len(failed) == (1 if isinstance(store, PgStore) else 0), results
+    assert isinstance(results[5], BaseException) or not failed
+    for b in good:
+        written = await store.get_booking(b.id)
+        assert written is not None and written.state == "SEAT_HELD", b.id
