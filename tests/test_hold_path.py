@@ -171,9 +171,17 @@ async def test_keyed_hold_replays_across_a_restart(
     assert (status, again, replayed) == (201, first, "true")
 
 
-async def _evalsha_usec(redis: Redis) -> float:
+async def _script_commands_per_hold(redis: Redis) -> float:
+    """The Redis commands the hold scripts ran, per hold: commandstats counts the commands a
+    script calls, so this is the scripts' work, counted, not timed (a timed check failed on
+    this 2-core machine's noise)."""
     stats = await redis.info("commandstats")
-    return float(stats["cmdstat_evalsha"]["usec_per_call"])
+    holds = int(stats["cmdstat_evalsha"]["calls"])
+    inner = sum(
+        int(v["calls"]) for k, v in stats.items()
+        if k not in ("cmdstat_evalsha", "cmdstat_config|resetstat", "cmdstat_info")
+    )  # fmt: skip
+    return inner / holds
 
 
 async def test_best_available_costs_no_more_than_twice_an_explicit_hold_when_nearly_full(
@@ -190,28 +198,27 @@ async def test_best_available_costs_no_more_than_twice_an_explicit_hold_when_nea
         for part in (seats[:6], seats[6:]):
             await hold(client, full["id"], part)
 
-    async def usec(holds: list[dict[str, Any]]) -> float:
+    async def cost(holds: list[dict[str, Any]]) -> float:
         await redis.config_resetstat()
         for body in holds:
             resp = await client.post("/api/bookings/", json=body)
             assert resp.status == 201, await resp.text()
-        return await _evalsha_usec(redis)
+        return await _script_commands_per_hold(redis)
 
-    # Rounds of each kind, interleaved, and the cheapest round of each compared: a round that
-    # another process's work on these 2 cores slowed down says nothing about the scripts.
-    # 5 rounds of 7 best-available holds take 140 of the full flight's 150 free seats.
+    # Rounds of each kind, interleaved; 5 rounds of 7 best-available holds take 140 of the
+    # full flight's 150 free seats. A scan would be an EXISTS per seat looked at: hundreds.
     explicit_rounds, best_rounds = [], []
     for r in range(5):
         explicit = [
             {"flight_id": empty["id"], "user_id": "u", "seats": [f"{row}{c}" for c in "ABCD"]}
             for row in range(1 + 7 * r, 8 + 7 * r)
         ]
-        explicit_rounds.append(await usec(explicit))
+        explicit_rounds.append(await cost(explicit))
         best_rounds.append(
-            await usec([{"flight_id": full["id"], "user_id": "u", "seat_count": 4}] * 7)
+            await cost([{"flight_id": full["id"], "user_id": "u", "seat_count": 4}] * 7)
         )
-    explicit_usec, best_usec = min(explicit_rounds), min(best_rounds)
-    assert best_usec <= 2 * explicit_usec, (best_usec, explicit_usec)
+    explicit_cost, best_cost = max(explicit_rounds), max(best_rounds)
+    assert best_cost <= 2 * explicit_cost, (best_rounds, explicit_rounds)
     # Adjacent when a row has room: the empty flight's first row with four free side by side.
     resp = await client.post(
         "/api/bookings/", json={"flight_id": empty["id"], "user_id": "u", "seat_count": 4}
