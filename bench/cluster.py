@@ -10,6 +10,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,63 +79,16 @@ async def _run(
     }
 
 
-async def _redis_py(
-    url: str, seconds: float, max_calls: int, c: int, first_flight: int
+async def _library(
+    url: str,
+    seconds: float,
+    max_calls: int,
+    c: int,
+    first_flight: int,
+    send: Callable[[list[Any]], Awaitable[Any]],
 ) -> dict[str, Any]:
-    """The official client's cluster mode, for comparison: redis-py's RedisCluster sending
-    the same hold script (EVALSHA, routed by its first key) with the same keys and arguments.
-    Its cluster pipelines refuse EVALSHA, so each call goes alone."""
-    from redis.asyncio import Redis
-    from redis.asyncio.cluster import RedisCluster
-
-    holds = await connect_hold_store(url, cluster=True)
-    flights = range(first_flight, first_flight + max_calls // (len(SEATS) // 4) + 2)
-    run_ids: dict[int, str] = {}
-    for f in flights:
-        run_ids[f] = await holds.run_id_of_flight(f)
-        await holds.restore(f, [], run_ids[f])
-    await holds.close()
-    async with Redis.from_url(url) as seed:
-        sha = (await load_scripts(seed)).hold_seats.sha
-    client = RedisCluster.from_url(url, max_connections=c)
-    per_flight = len(SEATS) // 4
-
-    async def hold(n: int) -> str:
-        flight, slot = divmod(n, per_flight)
-        f = flights[flight]
-        seats = SEATS[slot * 4 : slot * 4 + 4]
-        reply = await client.evalsha(
-            sha, 8 + len(seats),
-            seat_keys.deadlines(f), seat_keys.marker(f), seat_keys.records(f),
-            seat_keys.idempotency(f, ""), *seat_keys.index(f), *seat_keys.seats(f, seats),
-            f"p{n}", TTL_MS, META.user_id, META.amount, META.currency, "", 0, run_ids[f],
-        )  # fmt: skip
-        return "held" if reply[0] == 1 else "refused"
-
-    try:
-        load = await closed_loop(hold, c, seconds, max_calls)
-    finally:
-        await client.aclose()
-    return {
-        "holds_per_s": round(load.rate("held")),
-        "refused": load.counts.get("refused", 0),
-        **load.summary(),
-    }
-
-
-async def _glide(
-    url: str, seconds: float, max_calls: int, c: int, first_flight: int
-) -> dict[str, Any]:
-    """valkey-glide (a Rust core, cluster-aware), when installed: the same script, keys and
-    arguments, each call routed by the client itself."""
-    try:
-        from glide import (  # type: ignore[import-not-found, unused-ignore]
-            GlideClusterClient,
-            GlideClusterClientConfiguration,
-            NodeAddress,
-        )
-    except ImportError:
-        return {"skipped": "valkey-glide is not installed (pip install valkey-glide)"}
+    """A library client's holds/s: the hold script, with the same keys and arguments as the
+    hold store sends, through ``send`` (one whole EVALSHA command, routed by the client)."""
     from redis.asyncio import Redis
 
     holds = await connect_hold_store(url, cluster=True)
@@ -146,10 +100,6 @@ async def _glide(
     await holds.close()
     async with Redis.from_url(url) as seed:
         sha = (await load_scripts(seed)).hold_seats.sha
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    client = await GlideClusterClient.create(
-        GlideClusterClientConfiguration([NodeAddress(host, int(port))])
-    )
     per_flight = len(SEATS) // 4
 
     async def hold(n: int) -> str:
@@ -160,19 +110,53 @@ async def _glide(
             seat_keys.deadlines(f), seat_keys.marker(f), seat_keys.records(f),
             seat_keys.idempotency(f, ""), *seat_keys.index(f), *seat_keys.seats(f, seats),
         ]  # fmt: skip
-        args = [f"g{n}", str(TTL_MS), META.user_id, META.amount, META.currency, "", "0", run_ids[f]]
-        reply = await client.custom_command(["EVALSHA", sha, str(len(keys)), *keys, *args])
+        args = [f"l{n}", str(TTL_MS), META.user_id, META.amount, META.currency, "", "0", run_ids[f]]
+        reply = await send(["EVALSHA", sha, str(len(keys)), *keys, *args])
         return "held" if reply[0] == 1 else "refused"
 
-    try:
-        load = await closed_loop(hold, c, seconds, max_calls)
-    finally:
-        await client.close()
+    load = await closed_loop(hold, c, seconds, max_calls)
     return {
         "holds_per_s": round(load.rate("held")),
         "refused": load.counts.get("refused", 0),
         **load.summary(),
     }
+
+
+async def _redis_py(
+    url: str, seconds: float, max_calls: int, c: int, first_flight: int
+) -> dict[str, Any]:
+    """redis-py's RedisCluster: each call alone (its cluster pipelines refuse EVALSHA)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    client = RedisCluster.from_url(url, max_connections=c)
+    try:
+        return await _library(
+            url, seconds, max_calls, c, first_flight, lambda cmd: client.execute_command(*cmd)
+        )
+    finally:
+        await client.aclose()
+
+
+async def _glide(
+    url: str, seconds: float, max_calls: int, c: int, first_flight: int
+) -> dict[str, Any]:
+    """valkey-glide (a Rust core, cluster-aware), when installed."""
+    try:
+        from glide import (  # type: ignore[import-not-found, unused-ignore]
+            GlideClusterClient,
+            GlideClusterClientConfiguration,
+            NodeAddress,
+        )
+    except ImportError:
+        return {"skipped": "valkey-glide is not installed (pip install valkey-glide)"}
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    client = await GlideClusterClient.create(
+        GlideClusterClientConfiguration([NodeAddress(host, int(port))])
+    )
+    try:
+        return await _library(url, seconds, max_calls, c, first_flight, client.custom_command)
+    finally:
+        await client.close()
 
 
 async def _cluster(

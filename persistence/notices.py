@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from persistence.records import Move, Moved, NewBooking, State, Transition
 
@@ -28,3 +28,26 @@ class TransitionNotices:
                 )
             )  # fmt: skip
             self._notify(booking.id, moved, move, at)
+
+    def _notify_moves(
+        self, outcomes: Sequence[tuple[str, Moved]], move: Move, at: int
+    ) -> list[str]:
+        """Tell of each committed move of a many-booking operation; returns those moved."""
+        for bid, moved in outcomes:
+            self._notify(bid, moved, move, at)
+        return [bid for bid, moved in outcomes if moved.moved]
+
+    def _notify_ended(
+        self,
+        outcomes: Sequence[tuple[str, Moved]],
+        records: dict[str, NewBooking],
+        move: Move,
+        at: int,
+    ) -> list[str]:
+        """end_holds' outcomes: a booking written from its record tells of its hold too."""
+        for bid, moved in outcomes:
+            if bid in records and moved.previous == State.SEAT_HELD.value:
+                self._notify_inserted(records[bid], moved, move, at)
+            else:
+                self._notify(bid, moved, move, at)
+        return [bid for bid, moved in outcomes if moved.moved]

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from decimal import Decimal
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -43,18 +43,17 @@ from persistence.records import (
     NewFlight,
     PaymentChange,
     PaymentChanged,
-    PaymentRecord,
     PaymentStatus,
     SeatOwnedInSql,
     State,
     StoreUnavailable,
     now_ms,
 )
+from persistence.rows import KEY_COLUMNS, booking_of, claimed_key, flight_fields
 from persistence.writer import WriterStats
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 Op = Callable[[Conn], Awaitable[Any]]
 
@@ -88,14 +87,6 @@ _BOOKING_COLUMNS = (
 )
 
 
-def _booking(row: Any, seats: list[str]) -> BookingRecord:
-    return BookingRecord(
-        id=row[0], flight_id=row[1], user_id=row[2], state=row[3], seats=seats, amount=row[4],
-        currency=row[5], hold_expires_at=row[6], created_at=row[7], updated_at=row[8],
-        payment=PaymentRecord(*row[9:16]) if row[11] is not None else None, owner=row[16],
-    )  # fmt: skip
-
-
 def _flight(row: Any) -> FlightRecord:
     return FlightRecord(*row)
 
@@ -114,7 +105,7 @@ async def _read_booking(conn: Conn, booking_id: str) -> BookingRecord | None:
     seats = await conn.fetch(
         "SELECT seat FROM booking_seats WHERE booking_id = $1 ORDER BY pos", booking_id
     )
-    return _booking(row, [r[0] for r in seats])
+    return booking_of(row, [r[0] for r in seats])
 
 
 async def _store_answer(
@@ -282,13 +273,9 @@ async def _create_flight(
         flight.rows, flight.seat_letters, Decimal(flight.price), flight.currency, at,
     )  # fmt: skip
     if answer is not None:
-        record = FlightRecord(flight_id, created_at=at, **_flight_fields(flight))
+        record = FlightRecord(flight_id, created_at=at, **flight_fields(flight))
         await _store_answer(conn, answer, record)
     return int(flight_id), at
-
-
-def _flight_fields(flight: NewFlight) -> dict[str, Any]:
-    return dataclasses.asdict(flight)
 
 
 async def _claim_key(
@@ -302,21 +289,12 @@ async def _claim_key(
     if inserted:
         return ClaimResult(Claim.NEW)
     row = await conn.fetchrow(
-        "SELECT fingerprint, status, body, started_at, alive_at, outcome, record"
-        " FROM idempotency_keys WHERE key = $1 FOR UPDATE",
-        key,
+        f"SELECT {KEY_COLUMNS} FROM idempotency_keys WHERE key = $1 FOR UPDATE", key
     )
-    if row is not None and row[3] >= at - ttl_ms:
-        stored_fp, status, body, _, alive_at, outcome, record = row
-        if bytes(stored_fp) != fingerprint:
-            return ClaimResult(Claim.MISMATCH)
-        if outcome is not None:
-            return ClaimResult(Claim.REPLAY, outcome=outcome, record=bytes(record))
-        if status is not None:
-            return ClaimResult(Claim.REPLAY, status, bytes(body))
-        if alive_at is not None and alive_at >= at - stale_ms:
-            return ClaimResult(Claim.RUNNING)
-    # Expired, or nobody renews it: the retry takes it over (as in sqlite_keys.py).
+    found = claimed_key(row, fingerprint, at, stale_ms, ttl_ms)
+    if found is not None:
+        return found
+    # Taken over (rows.claimed_key says when).
     await conn.execute(
         "INSERT INTO idempotency_keys (key, fingerprint, started_at, owner, alive_at)"
         " VALUES ($1, $2, $3, $4, $3) ON CONFLICT (key) DO UPDATE SET"
@@ -584,7 +562,7 @@ class PgStore(TransitionNotices):
         flight_id, created = await self._writer.submit(
             lambda c: _create_flight(c, flight, at, answer)
         )
-        return FlightRecord(id=flight_id, created_at=created, **_flight_fields(flight))
+        return FlightRecord(id=flight_id, created_at=created, **flight_fields(flight))
 
     async def get_flight(self, flight_id: int) -> FlightRecord | None:
         if not 0 <= flight_id < 2**63:
@@ -650,12 +628,7 @@ class PgStore(TransitionNotices):
             return [(bid, out[bid]) for bid in ids]
 
         outcomes = await self._writer.submit(run)
-        for bid, moved in outcomes:
-            if bid in records and moved.previous == State.SEAT_HELD.value:
-                self._notify_inserted(records[bid], moved, move, at)
-            else:
-                self._notify(bid, moved, move, at)
-        return [bid for bid, moved in outcomes if moved.moved]
+        return self._notify_ended(outcomes, records, move, at)
 
     async def transition(
         self,
@@ -683,9 +656,7 @@ class PgStore(TransitionNotices):
             return [(bid, _moved(row)) for bid, row in zip(ids, rows, strict=True)]
 
         outcomes = await self._writer.submit(run)
-        for bid, moved in outcomes:
-            self._notify(bid, moved, move, at)
-        return [bid for bid, moved in outcomes if moved.moved]
+        return self._notify_moves(outcomes, move, at)
 
     async def change_payment(
         self, booking_id: str, change: PaymentChange, *, booking_in: Collection[str]
@@ -725,7 +696,7 @@ class PgStore(TransitionNotices):
             booked = seats.setdefault(row[0], [])
             if row[-1] is not None:
                 booked.append(row[-1])
-        return {bid: _booking(row, seats[bid]) for bid, row in first.items()}
+        return {bid: booking_of(row, seats[bid]) for bid, row in first.items()}
 
     async def find_bookings(
         self, *, user_id: str | None = None, state: str | None = None, limit: int = 50

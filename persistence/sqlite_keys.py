@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Collection
 
 from persistence.records import Claim, ClaimResult, now_ms
+from persistence.rows import KEY_COLUMNS, claimed_key
 from persistence.sqlite_ops import execute, marks
 from persistence.writer import Call, GroupCommitWriter
 
@@ -26,23 +27,11 @@ def claim_key_op(
     ttl_ms: int,
 ) -> ClaimResult:
     row = conn.execute(
-        "SELECT fingerprint, status, body, started_at, alive_at, outcome, record"
-        " FROM idempotency_keys WHERE key = ?",
-        (key,),
+        f"SELECT {KEY_COLUMNS} FROM idempotency_keys WHERE key = ?", (key,)
     ).fetchone()
-    if row is not None and row[3] >= at - ttl_ms:
-        stored_fp, status, body, _, alive_at, outcome, record = row
-        if bytes(stored_fp) != fingerprint:
-            return ClaimResult(Claim.MISMATCH)
-        if outcome is not None:
-            return ClaimResult(Claim.REPLAY, outcome=outcome, record=bytes(record))
-        if status is not None:
-            return ClaimResult(Claim.REPLAY, status, bytes(body))
-        if alive_at is not None and alive_at >= at - stale_ms:
-            return ClaimResult(Claim.RUNNING)
-        # Nobody renews this claim any more: its request ended with no answer kept, or its
-        # process died. The retry takes it over and runs; the effect it may have left is
-        # recognised by its key (a payment, a refund), or a compare-and-set refuses it.
+    found = claimed_key(row, fingerprint, at, stale_ms, ttl_ms)
+    if found is not None:
+        return found
     conn.execute(
         "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, status, body,"
         " started_at, owner, alive_at) VALUES (?, ?, NULL, NULL, ?, ?, ?)",

@@ -22,10 +22,10 @@ from persistence.records import (
     NewFlight,
     PaymentChange,
     PaymentChanged,
-    PaymentRecord,
     SeatOwnedInSql,
     State,
 )
+from persistence.rows import booking_of, flight_fields
 from persistence.writer import BatchOp
 
 
@@ -244,23 +244,6 @@ BOOKING_COLUMNS = (
     "b.created_at, b.updated_at, p.payment_id, p.method, p.status, p.amount, p.currency, "
     "p.idem_key, p.refund_key, b.owner"
 )
-
-
-def booking_of(row: Any, seats: list[str]) -> BookingRecord:
-    return BookingRecord(
-        id=row[0],
-        flight_id=row[1],
-        user_id=row[2],
-        state=row[3],
-        seats=seats,
-        amount=row[4],
-        currency=row[5],
-        hold_expires_at=row[6],
-        created_at=row[7],
-        updated_at=row[8],
-        payment=PaymentRecord(*row[9:16]) if row[11] is not None else None,
-        owner=row[16],
-    )
 
 
 def read_booking(conn: sqlite3.Connection, booking_id: str) -> BookingRecord | None:
@@ -487,7 +470,3 @@ PRAGMAS_REPORTED = ("journal_mode", "synchronous", "busy_timeout")
 def read_pragmas(conn: sqlite3.Connection) -> dict[str, object]:
     """The durability settings of this connection (the writer process's, when submitted)."""
     return {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in PRAGMAS_REPORTED}
-
-
-def flight_fields(flight: NewFlight) -> dict[str, Any]:
-    return {f.name: getattr(flight, f.name) for f in dataclasses.fields(flight)}

@@ -32,17 +32,16 @@ from persistence.records import (
     StoreUnavailable,
     now_ms,
 )
+from persistence.rows import booking_of, flight_fields
 from persistence.sqlite_keys import SqliteKeys
 from persistence.sqlite_ops import (
     BOOKING_COLUMNS,
     PRAGMAS_REPORTED,
     InsertBooking,
     TransitionOp,
-    booking_of,
     change_payment_in,
     create_flight,
     end_holds,
-    flight_fields,
     marks,
     move_many,
     read_pragmas,
@@ -210,12 +209,7 @@ class SqlStore(SqliteKeys, TransitionNotices):
         outcomes = await self._writer.submit(
             Call(end_holds, (list(booking_ids), records, move, at))
         )
-        for bid, moved in outcomes:
-            if bid in records and moved.previous == State.SEAT_HELD.value:
-                self._notify_inserted(records[bid], moved, move, at)
-            else:
-                self._notify(bid, moved, move, at)
-        return [bid for bid, moved in outcomes if moved.moved]
+        return self._notify_ended(outcomes, records, move, at)
 
     async def transition(
         self,
@@ -241,9 +235,7 @@ class SqlStore(SqliteKeys, TransitionNotices):
         at = now_ms()
 
         outcomes = await self._writer.submit(Call(move_many, (list(booking_ids), move, at)))
-        for bid, moved in outcomes:
-            self._notify(bid, moved, move, at)
-        return [bid for bid, moved in outcomes if moved.moved]
+        return self._notify_moves(outcomes, move, at)
 
     async def change_payment(
         self, booking_id: str, change: PaymentChange, *, booking_in: Collection[str]

@@ -20,10 +20,10 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from holdsvc.app import create_app
-from holdsvc.embedded_redis import EmbeddedRedis, find_binary
+from holdsvc.embedded_redis import EmbeddedRedis, LocalCluster, find_binary
 from holdsvc.settings import Settings
 from tests.helpers import ServiceProcess
-from tests.pg_server import PgServer
+from tests.pg_server import PgServer, running_pg
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
@@ -102,12 +102,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server for the run (started when a test first asks for it); each test
     gets a database of its own. A test that kills its server starts one of its own."""
-    server = PgServer()
-    server.start()
-    try:
+    with running_pg() as server:
         yield server
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A Redis Cluster of 3 primaries of the test's own, on free ports."""
+    c = LocalCluster(tmp_path / "cluster", binary=find_binary("auto"), primaries=3)
+    c.start()
+    try:
+        yield c
     finally:
-        server.stop()
+        c.stop()
 
 
 _databases = itertools.count(1)

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from holdsvc.embedded_redis import free_port
@@ -63,7 +64,6 @@ class PgServer:
         self.log = self.root / "postgres.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._ids = _run_as()
-        self._made: set[str] = set()
         self._initdb()
 
     @property
@@ -156,9 +156,19 @@ class PgServer:
              "postgres", name],
             check=True, capture_output=True,
         )  # fmt: skip
-        self._made.add(name)
         return self.url_of(name)
 
     def stop(self) -> None:
         self.kill(signal.SIGINT)  # fast shutdown
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_pg() -> Iterator[PgServer]:
+    """A PostgreSQL of the tests' own, started, and stopped and deleted afterwards."""
+    server = PgServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -254,8 +255,6 @@ async def test_without_keys_the_service_stays_open(client: Client) -> None:
 
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run(
         [sys.executable, "-m", "holdsvc", "serve", *args],
         capture_output=True,

@@ -4,27 +4,16 @@ pipelined connection per primary, MOVED and ASK followed while a slot migrates u
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from holdsvc.embedded_redis import LocalCluster, find_binary
+from holdsvc.embedded_redis import LocalCluster
 from holdsvc.seats.cluster_client import ClusterPipelinedRedis
 from tests.helpers import migrate_slot, node_command, slot_owner
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster", binary=find_binary("auto"), primaries=3)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +20,13 @@ from aiohttp.test_utils import TestClient
 from redis.crc import key_slot
 
 from holdsvc.app import TOPOLOGY_EVERY_S
-from holdsvc.embedded_redis import LocalCluster, find_binary
+from holdsvc.embedded_redis import LocalCluster
 from holdsvc.settings import Settings
 from tests.helpers import eventually, hold, migrate_slot, new_flight, seat_map, slot_owner
 from tests.sql import query
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[[Settings], Awaitable[Client]]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster", binary=find_binary("auto"), primaries=3)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 async def node_of_flight(cluster: LocalCluster, flight_id: int) -> int:
@@ -249,8 +239,12 @@ async def test_a_flights_slot_migrated_under_hold_traffic(
 
 
 async def test_expiry_events_follow_a_primary_that_joins(
-    make_client: MakeClient, settings: Settings, cluster: LocalCluster
+    make_client: MakeClient,
+    settings: Settings,
+    cluster: LocalCluster,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="holdsvc.app")
     # The sweeper off: only the new node's own events can expire the hold on it.
     client = await make_client(
         settings.replace(redis_url=cluster.url, redis_cluster=True, hold_ttl=1.0, sweep_interval=0)
@@ -261,7 +255,12 @@ async def test_expiry_events_follow_a_primary_that_joins(
     await migrate_slot([n.port for n in cluster.nodes], slot, newcomer.port)
     assert await node_of_flight(cluster, flight["id"]) == newcomer.port
     # Within one topology refresh the service consumes the newcomer's events too.
-    await asyncio.sleep(TOPOLOGY_EVERY_S + 1)
+    joined = f"consuming expiry events of primary redis://127.0.0.1:{newcomer.port}/0"
+
+    async def consuming() -> bool:
+        return joined in caplog.text
+
+    await eventually(consuming, timeout=TOPOLOGY_EVERY_S + 2)
     held = await hold(client, flight["id"], ["1A"])
 
     async def expired() -> bool:

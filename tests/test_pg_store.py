@@ -20,7 +20,7 @@ from holdsvc.embedded_redis import EmbeddedRedis
 from persistence.pg_schema import LATEST
 from tests.helpers import SMALL_FLIGHT, ServiceProcess, eventually
 from tests.invariants import check_invariants, unsettled
-from tests.pg_server import PgServer
+from tests.pg_server import PgServer, running_pg
 from tests.sql import execute, query
 
 
@@ -77,12 +77,9 @@ def test_a_database_newer_than_the_code_is_refused(pg_db: str, tmp_path: Path) -
 
 @pytest.fixture
 def own_pg() -> Iterator[PgServer]:
-    server = PgServer()
-    server.start()
-    try:
+    """A server of this test's own: it is killed and started again."""
+    with running_pg() as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_postgres_restarted_under_pays(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,8 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from holdsvc.embedded_redis import EmbeddedRedis, LocalCluster, find_binary
-from tests.helpers import SMALL_FLIGHT, ServiceProcess
+from holdsvc.embedded_redis import EmbeddedRedis, LocalCluster
+from tests.helpers import SMALL_FLIGHT, ServiceProcess, slot_owner
 from tests.sql import query
 
 CLIENTS = 240
@@ -30,40 +30,37 @@ async def test_racing_clients_across_processes_never_share_a_seat(
     services: Callable[..., ServiceProcess],
 ) -> None:
     args = ["--redis-url", redis_server.url, "--db", db, "--data-dir", str(tmp_path)]
-    await _race(db, [services(args), services(args)], lambda flight_id: redis)
+
+    async def the_one(flight_id: int) -> Redis:
+        return redis
+
+    await _race(db, [services(args), services(args)], the_one)
 
 
 async def test_racing_clients_across_processes_on_a_cluster_never_share_a_seat(
-    tmp_path: Path, db: str, services: Callable[..., ServiceProcess]
+    tmp_path: Path, db: str, cluster: LocalCluster, services: Callable[..., ServiceProcess]
 ) -> None:
-    cluster = LocalCluster(tmp_path / "cluster", binary=find_binary("auto"), primaries=3)
-    cluster.start()
+    args = ["--redis-url", cluster.url, "--redis-cluster", "--db", db,
+            "--data-dir", str(tmp_path)]  # fmt: skip
+    nodes = [services(args), services(args)]
+    opened: list[Redis] = []
+
+    async def flight_node(flight_id: int) -> Redis:
+        # Every key of the flight lives on the node that serves its slot.
+        slot = key_slot(f"{{f:{flight_id}}}".encode())
+        opened.append(Redis(port=await slot_owner(cluster.nodes[0].port, slot)))
+        return opened[-1]
+
     try:
-        args = ["--redis-url", cluster.url, "--redis-cluster", "--db", db,
-                "--data-dir", str(tmp_path)]  # fmt: skip
-        nodes = [services(args), services(args)]
-
-        async with Redis.from_url(cluster.url) as seed:
-            slots = await seed.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-
-        opened: list[Redis] = []
-
-        def flight_node(flight_id: int) -> Redis:
-            slot = key_slot(f"{{f:{flight_id}}}".encode())
-            port = next(int(p[1]) for first, last, p, *_ in slots if first <= slot <= last)
-            opened.append(Redis(port=port))  # every key of the flight lives on its node
-            return opened[-1]
-
-        try:
-            await _race(db, nodes, flight_node)
-        finally:
-            for client in opened:
-                await client.aclose()
+        await _race(db, nodes, flight_node)
     finally:
-        cluster.stop()
+        for client in opened:
+            await client.aclose()
 
 
-async def _race(db: str, nodes: list[ServiceProcess], redis_of: Callable[[int], Redis]) -> None:
+async def _race(
+    db: str, nodes: list[ServiceProcess], redis_of: Callable[[int], Awaitable[Redis]]
+) -> None:
     rng = random.Random(7)
     gate = asyncio.Event()
 
@@ -71,7 +68,7 @@ async def _race(db: str, nodes: list[ServiceProcess], redis_of: Callable[[int], 
         async with http.post(f"{nodes[0].base}/api/flights/", json=SMALL_FLIGHT) as resp:
             assert resp.status == 201
             flight_id = (await resp.json())["id"]
-        redis = redis_of(flight_id)
+        redis = await redis_of(flight_id)
 
         async def attempt(i: int) -> tuple[int, dict[str, Any], list[str]]:
             start = rng.randrange(len(SEATS))
