@@ -71,7 +71,7 @@ class Persister:
                 log.exception("persister failed; resubscribing")
                 await asyncio.sleep(RECONNECT_DELAY_S)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     async def _consume(self, pubsub: PubSub) -> None:
         while True:

@@ -262,6 +262,9 @@ async def test_expiry_events_follow_a_primary_that_joins(
 
     await eventually(consuming, timeout=TOPOLOGY_EVERY_S + 2)
     held = await hold(client, flight["id"], ["1A"])
+    # The newcomer had its scripts loaded when the map first showed it: no hold there found
+    # it bare.
+    assert "NOSCRIPT" not in caplog.text
 
     async def expired() -> bool:
         rows = query(

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -81,6 +81,11 @@ class ClusterPipelinedRedis:
         self._refreshing: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
         self._closed = False
+        # Primaries already announced to the join callbacks, and the nodes whose callbacks
+        # still run: calls to such a node wait for them (its scripts are being loaded).
+        self._seen: set[PipelinedRedis] = set()
+        self._on_join: list[Callable[[PipelinedRedis], Awaitable[None]]] = []
+        self._preparing: dict[PipelinedRedis, asyncio.Task[None]] = {}
         # How often the map was read, and redirections followed (for tests and metrics).
         self.refreshes = 0
         self.moved = 0
@@ -124,6 +129,39 @@ class ClusterPipelinedRedis:
             for slot in range(int(first), int(last) + 1):
                 slots[slot] = node
         self._slots = slots
+        for node in dict.fromkeys(n for n in slots if n is not None):
+            if node not in self._seen:
+                self._seen.add(node)
+                for callback in self._on_join:
+                    self._announce(callback, node)
+
+    def on_new_primary(self, callback: Callable[[PipelinedRedis], Awaitable[None]]) -> None:
+        """Call ``callback(node)`` for each primary a later slot map shows for the first time
+        (a node that joined, or took slots it had none of), so it can be prepared (its scripts
+        loaded) before the calls that MOVED sends there find it bare."""
+        self._on_join.append(callback)
+        self._seen.update(n for n in self._slots if n is not None)
+
+    def _announce(self, callback: Callable[[PipelinedRedis], Awaitable[None]],
+                  node: PipelinedRedis) -> None:  # fmt: skip
+        before = self._preparing.get(node)
+
+        async def run() -> None:
+            if before is not None:
+                await before
+            try:
+                await callback(node)
+            except Exception as exc:  # the node's first call answers NOSCRIPT and reloads
+                log.warning("preparing a new primary failed: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._preparing[node] = task
+
+        def done(_: object) -> None:
+            if self._preparing.get(node) is task:
+                del self._preparing[node]
+
+        task.add_done_callback(done)
 
     def _refresh_soon(self) -> None:
         if self._refreshing is None or self._refreshing.done():
@@ -165,6 +203,8 @@ class ClusterPipelinedRedis:
                 raise RedisConnectionError(f"no cluster node serves slot {slot}")
         asking = False
         for _ in range(MAX_REDIRECTS):
+            if self._preparing and node in self._preparing:
+                await asyncio.shield(self._preparing[node])
             try:
                 if asking:
                     return await self._asking(node, args)
@@ -259,6 +299,8 @@ class ClusterPipelinedRedis:
 
     async def close(self) -> None:
         self._closed = True
+        for task in self._preparing.values():
+            task.cancel()
         if self._refreshing is not None:
             self._refreshing.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

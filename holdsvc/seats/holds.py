@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,6 +15,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from holdsvc.seats import keys
+from holdsvc.seats.cluster_client import ClusterPipelinedRedis
 from holdsvc.seats.redis_client import FastRedis, PipelinedRedis
 from holdsvc.seats.scripts import Scripts, UnknownScriptReply, load_scripts
 
@@ -131,6 +133,8 @@ class HoldStore:
         self.redis = redis
         self._s = scripts
         self._fast = fast
+        if isinstance(fast, ClusterPipelinedRedis):
+            fast.on_new_primary(self._load_on)
 
     owns_redis = False
 
@@ -186,6 +190,12 @@ class HoldStore:
         node answers its first hold with NOSCRIPT."""
         for script in self._s.all():
             await self._fast.execute("SCRIPT", "LOAD", script.script)
+
+    async def _load_on(self, node: PipelinedRedis) -> None:
+        """Every script on a primary that just joined the cluster (slot by slot, a flight's
+        holds follow their slot there)."""
+        await asyncio.gather(*(node.execute("SCRIPT", "LOAD", s.script) for s in self._s.all()))
+        log.info("loaded %d Lua scripts on a new primary", len(self._s.all()))
 
     async def _reload(self, script: AsyncScript) -> None:
         log.warning("Redis has no script %s (NOSCRIPT): loading it again", script.sha)
@@ -499,8 +509,6 @@ async def connect_hold_store(url: str, pool_size: int = 64, cluster: bool = Fals
     With ``cluster``, the hot path goes through the cluster client, routed by slot; the
     scripts are loaded on each primary as it first answers NOSCRIPT."""
     from redis.asyncio import BlockingConnectionPool
-
-    from holdsvc.seats.cluster_client import ClusterPipelinedRedis
 
     redis = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=pool_size))
     fast: FastRedis = PipelinedRedis(url)
