@@ -91,7 +91,12 @@ async def _connect_redis(settings: Settings) -> HoldStore:
     where = urlparse(url)
     unreachable = f"Redis at {where.hostname}:{where.port} does not answer"
     try:
-        holds = await connect_hold_store(url, pool_size=4, cluster=settings.redis_cluster)
+        holds = await connect_hold_store(
+            url,
+            pool_size=4,
+            cluster=settings.redis_cluster,
+            stream_length=settings.seat_stream_length,
+        )
     except (RedisError, OSError) as exc:
         raise RedisUnreachable(f"{unreachable}: {exc}") from exc
     try:

@@ -25,6 +25,7 @@ from holdsvc.domain.idempotency import RENEW_EVERY_S, IdempotencyKeys
 from holdsvc.domain.payments import PaymentRecovery, Payments
 from holdsvc.domain.records import Transition
 from holdsvc.domain.restore import Restorer
+from holdsvc.domain.seatfeed import SeatFeeds
 from holdsvc.domain.seatmap import SeatMap
 from holdsvc.domain.sweeper import run_sweeper, sweep_round
 from holdsvc.embedded_redis import (
@@ -46,6 +47,7 @@ from holdsvc.seats.cluster_client import ClusterPipelinedRedis
 from holdsvc.seats.holds import HoldStore
 from holdsvc.seats.redis_client import FastRedis, PipelinedRedis
 from holdsvc.seats.scripts import load_scripts
+from holdsvc.seats.stream import SeatStreams
 from holdsvc.settings import Settings
 from holdsvc.tasks import background, stop
 from persistence.persister import Persister
@@ -94,10 +96,17 @@ def create_app(settings: Settings) -> web.Application:
             _sweeper,
         ]
     )
+    # Before the server waits for its handlers to end: the live seat streams never would.
+    app.on_shutdown.append(_end_seat_streams)
     add_routes(app)
     add_docs(app)
     app.router.add_get("/metrics", _metrics)
     return app
+
+
+async def _end_seat_streams(app: web.Application) -> None:
+    if k.SEAT_FEEDS in app:
+        app[k.SEAT_FEEDS].end_all()
 
 
 async def _say_worker(request: web.Request, response: web.StreamResponse) -> None:
@@ -233,7 +242,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
             )
         scripts = await load_scripts(redis)
         app[k.REDIS] = redis
-        holds = HoldStore(redis, scripts, fast)
+        holds = HoldStore(redis, scripts, fast, settings.seat_stream_length)
         if settings.redis_cluster:
             await holds.load_everywhere()
         app[k.HOLDS] = holds
@@ -293,10 +302,14 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     flights = Flights(store)
     app[k.FLIGHTS] = flights
     app[k.SEAT_MAP] = SeatMap(app[k.HOLDS], flights)
+    settings = app[k.SETTINGS]
+    feeds = SeatFeeds(
+        app[k.HOLDS], SeatStreams.connect(app[k.REDIS_URL], settings.redis_cluster), flights
+    )
+    app[k.SEAT_FEEDS] = feeds
     restorer = Restorer(app[k.HOLDS], store, flights)
     app[k.RESTORER] = restorer
     app[k.HEALTH] = Health(app[k.HOLDS], store, restorer)
-    settings = app[k.SETTINGS]
     gateway = MockGateway(settings.gateway_ledger_path)
     app[k.GATEWAY] = gateway
     bookings = Bookings(settings, store, app[k.HOLDS], flights, restorer, app[k.METRICS])
@@ -310,6 +323,7 @@ async def _domain(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await feeds.close()
         await bookings.close()
         await gateway.close()
 

@@ -13,6 +13,7 @@ from holdsvc.domain.health import Health
 from holdsvc.domain.idempotency import IdempotencyKeys, KeyRef
 from holdsvc.domain.payments import PaymentRecovery, Payments
 from holdsvc.domain.restore import Restorer
+from holdsvc.domain.seatfeed import SeatFeeds
 from holdsvc.domain.seatmap import SeatMap
 from holdsvc.gateway import MockGateway
 from holdsvc.metrics import Metrics
@@ -48,5 +49,6 @@ RESTORER = web.AppKey("restorer", Restorer)
 RECOVERY = web.AppKey("recovery", PaymentRecovery)
 PERSISTER = web.AppKey("persister", Persister)
 SEAT_MAP = web.AppKey("seat_map", SeatMap)
+SEAT_FEEDS = web.AppKey("seat_feeds", SeatFeeds)
 HEALTH = web.AppKey("health", Health)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyKeys)

@@ -64,6 +64,12 @@ class Settings:
     # an answer kept (a 5xx), or whose process died, leaves its key retryable within this.
     takeover_after: float = 1.5
     max_seats_per_booking: int = 10
+    # Entries each flight's seat stream keeps, about (what a client reconnecting with
+    # Last-Event-ID can still be replayed; older positions get a fresh snapshot). Each entry
+    # is one hold's, confirm's or release's seats, some 20-40 bytes. 0: no stream.
+    seat_stream_length: int = 10_000
+    # A comment on every open seat stream this often, so proxies keep idle ones open.
+    sse_keepalive: float = 15.0
     # Off only in tests and for a standalone persister elsewhere: holds then expire in Redis
     # but nothing here records EXPIRED.
     persister_enabled: bool = True
@@ -220,6 +226,10 @@ class Settings:
             raise ValueError(f"HOLDSVC_FAULT must be one of {', '.join(POINTS)}")
         if not 1 <= self.max_seats_per_booking <= 100:
             raise ValueError("max-seats-per-booking must be 1..100")
+        if not 0 <= self.seat_stream_length <= 10_000_000:
+            raise ValueError("seat-stream-length must be 0 (off) to 10000000 entries")
+        if not 0.05 <= self.sse_keepalive <= 300:
+            raise ValueError("sse-keepalive must be 0.05 to 300 seconds")
         if self.redis_restarts < 0:
             raise ValueError("redis-restarts must not be negative")
         if not 1 <= self.workers <= 64:
@@ -243,6 +253,8 @@ _CONVERTERS: dict[str, Any] = {
     "gateway_timeout": float,
     "takeover_after": float,
     "max_seats_per_booking": int,
+    "seat_stream_length": int,
+    "sse_keepalive": float,
     "persister_enabled": _parse_bool,
     "redis_cluster": _parse_bool,
     "sweep_interval": float,
@@ -390,6 +402,14 @@ def _service(cmd: argparse.ArgumentParser) -> None:
         "--gateway-timeout", type=float, help="seconds a gateway call may take (default 30)"
     )
     cmd.add_argument("--max-seats-per-booking", type=int, help="default 10")
+    cmd.add_argument(
+        "--seat-stream-length",
+        type=int,
+        help="entries each flight's live seat stream keeps, about (default 10000; 0: off)",
+    )
+    cmd.add_argument(
+        "--sse-keepalive", type=float, help="seconds between keep-alives on a seat stream (15)"
+    )
 
 
 def _version() -> str:

@@ -5,9 +5,13 @@
 -- KEYS[1]        {f:<flight>}:d                deadline index
 -- KEYS[2..5]     {f:<flight>}:m, :r, :c, :l    the flight's free-seat index (_hold.lua)
 -- KEYS[6]        {f:<flight>}:b                the flight's records
+-- KEYS[7]        {f:<flight>}:s                the flight's seat stream (_stream.lua): the
+--                                              seats freed are announced here, after their
+--                                              expiry is in SQL, never before
 -- ARGV[1]        k, the number of holds
--- ARGV[2..k+1]   the holds' booking ids
--- ARGV[k+2..]    the holds' seats
+-- ARGV[2]        the seat stream's length (_stream.lua; 0: no stream)
+-- ARGV[3..k+2]   the holds' booking ids
+-- ARGV[k+3..]    the holds' seats
 --
 -- Seat keys are derived from KEYS[1]'s hash tag (the same slot), every one read before the
 -- first write to the index.
@@ -18,14 +22,15 @@ local rcall = redis.call
 local prefix = string.sub(KEYS[1], 1, -2)
 local k = tonumber(ARGV[1])
 local gone = {}
-for i = k + 2, #ARGV do
+for i = k + 3, #ARGV do
   if rcall('EXISTS', prefix .. ARGV[i]) == 0 then gone[#gone + 1] = ARGV[i] end
 end
 if k > 0 then
   local ids = {}
-  for i = 1, k do ids[i] = ARGV[i + 1] end
+  for i = 1, k do ids[i] = ARGV[i + 2] end
   rcall('ZREM', KEYS[1], unpack(ids))
   rcall('HDEL', KEYS[6], unpack(ids))
 end
 index_mark(KEYS[2], KEYS[3], KEYS[4], KEYS[5], gone, 0)
+announce(KEYS[7], tonumber(ARGV[2]), gone, 'a')
 return #gone

@@ -8,6 +8,7 @@
 -- KEYS[3]   {f:<flight>}:b        the flight's records (hash: booking id -> record)
 -- KEYS[4]   {f:<flight>}:k:<key>  the Idempotency-Key's entry (hash); unused without a key
 -- KEYS[5..8] {f:<flight>}:m, :r, :c, :l  the flight's free-seat index (_hold.lua)
+-- KEYS[9]   {f:<flight>}:s        the flight's seat stream (_stream.lua)
 -- ARGV[1]   booking id, stored as each held seat's value
 -- ARGV[2]   hold time, milliseconds (integer > 0)
 -- ARGV[3]   who (_hold.lua) ARGV[4] amount       ARGV[5] currency
@@ -17,6 +18,7 @@
 -- ARGV[9]   number of seats wanted (integer >= 1)
 -- ARGV[10]  number of rows of the flight (seats are <row><letter>, rows from 1)
 -- ARGV[11]  the seat letters of a row, in order across the cabin (e.g. ABCDEF)
+-- ARGV[12]  the seat stream's length (_stream.lua; 0: no stream)
 --
 -- With the index, the work does not grow with the flight's size or fill: a string.find over
 -- the per-row bytes (in C) finds the first row that fits, one BITFIELD reads its seats, and
@@ -228,6 +230,7 @@ for _, name in ipairs(chosen) do
 end
 rcall('ZADD', KEYS[1], deadline, ARGV[1])
 if indexed then mark_chosen(chosen, seen, runs, counts) else index_mark(M, R, C, KEYS[8], chosen, 1) end
+announce(KEYS[9], tonumber(ARGV[12]), chosen, 'h')
 local seats = table.concat(chosen, ',')
 write_record(KEYS[3], ARGV[1], seats, deadline, now)
 if keyed then remember_hold(KEYS[4], ARGV[6], ARGV[7], ARGV[1], seats, deadline, now) end

@@ -9,18 +9,20 @@
 -- KEYS[3]        {f:<flight>}:b        the flight's records (hash: booking id -> record)
 -- KEYS[4]        {f:<flight>}:k:<key>  the Idempotency-Key's entry (hash); unused without a key
 -- KEYS[5..8]     {f:<flight>}:m, :r, :c, :l   the flight's free-seat index (_hold.lua)
--- KEYS[9..n+8]   {f:<flight>}:<seat>   the seats to hold
+-- KEYS[9]        {f:<flight>}:s        the flight's seat stream (_stream.lua)
+-- KEYS[10..n+9]  {f:<flight>}:<seat>   the seats to hold
 -- ARGV[1]        booking id, stored as each held seat's value
 -- ARGV[2]        hold time, milliseconds (integer > 0)
 -- ARGV[3]        who (_hold.lua) ARGV[4] amount       ARGV[5] currency
 -- ARGV[6]        the request's fingerprint, or "" for a request without a key
 -- ARGV[7]        how long the key's entry is kept, milliseconds
 -- ARGV[8]        the run id of this Redis process, as the client read it when it connected
+-- ARGV[9]        the seat stream's length (_stream.lua; 0: no stream)
 --
 -- Returns (closed set):
 --   {1, deadline_ms, created_ms}  every seat held until deadline_ms (Redis clock)
 --   {2, i, j, ...}                nothing held: the seats at 1-based positions i, j, ... of
---                                 KEYS[9..] are held or booked by someone else
+--                                 KEYS[10..] are held or booked by someone else
 --   {3}                           nothing held: the flight's marker is missing or from another
 --                                 run; a free-looking seat may be sold in SQL, so nothing is
 --                                 held until the flight is restored into this process
@@ -43,9 +45,9 @@ if rcall('GET', KEYS[2]) ~= ARGV[8] then return {3} end
 
 local taken = {2}
 local names = {}
-for i = 9, #KEYS do
+for i = 10, #KEYS do
   if rcall('EXISTS', KEYS[i]) == 1 then
-    taken[#taken + 1] = i - 8
+    taken[#taken + 1] = i - 9
     names[#names + 1] = string.sub(KEYS[i], #KEYS[1])
   end
 end
@@ -57,12 +59,13 @@ end
 local now = now_ms()
 local deadline = string.format('%d', now + tonumber(ARGV[2]))
 local seats = {}
-for i = 9, #KEYS do
+for i = 10, #KEYS do
   rcall('SET', KEYS[i], ARGV[1], 'NX', 'PXAT', deadline)
   seats[#seats + 1] = string.sub(KEYS[i], #KEYS[1])
 end
 rcall('ZADD', KEYS[1], deadline, ARGV[1])
 index_mark(KEYS[5], KEYS[6], KEYS[7], KEYS[8], seats, 1)
+announce(KEYS[9], tonumber(ARGV[9]), seats, 'h')
 write_record(KEYS[3], ARGV[1], table.concat(seats, ','), deadline, now)
 if keyed then remember_hold(KEYS[4], ARGV[6], ARGV[7], ARGV[1], table.concat(seats, ','), deadline, now) end
 return {1, tonumber(deadline), now}

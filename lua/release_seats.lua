@@ -5,8 +5,10 @@
 --                                      callers release only once the booking's outcome is in
 --                                      SQL, or for a hold that never answered
 -- KEYS[3..6]     {f:<flight>}:m, :r, :c, :l   the flight's free-seat index (_hold.lua)
--- KEYS[7..n+6]   {f:<flight>}:<seat>   every seat of the booking
+-- KEYS[7]        {f:<flight>}:s        the flight's seat stream (_stream.lua)
+-- KEYS[8..n+7]   {f:<flight>}:<seat>   every seat of the booking
 -- ARGV[1]        booking id
+-- ARGV[2]        the seat stream's length (_stream.lua; 0: no stream)
 --
 -- A seat whose value is another booking's is left alone: after an expiry, someone else may hold
 -- it already.
@@ -19,7 +21,7 @@ local booked = '!' .. bid
 
 local freed = 0
 local names = {}
-for i = 7, #KEYS do
+for i = 8, #KEYS do
   local v = rcall('GET', KEYS[i])
   if v == bid or v == booked then
     rcall('DEL', KEYS[i])
@@ -30,4 +32,5 @@ end
 rcall('ZREM', KEYS[1], bid)
 rcall('HDEL', KEYS[2], bid)
 index_mark(KEYS[3], KEYS[4], KEYS[5], KEYS[6], names, 0)
+announce(KEYS[7], tonumber(ARGV[2]), names, 'a')
 return freed

@@ -1,9 +1,14 @@
 -- restore_seats: mark seats booked for good, from SQL, in a Redis that lost them.
 --
 -- KEYS[1]   {f:<flight>}:e   the flight's marker (holds are refused while it is missing)
+-- KEYS[2]   {f:<flight>}:s   the flight's seat stream (_stream.lua): every seat written is
+--                            announced booked, already booked ones too, so a restore that
+--                            Redis Cluster refused part-way and that runs again still says
+--                            so of the seats its first run wrote
 -- ARGV[1]   "1": set the marker after these seats (the last chunk of a restore); "0": do not
 -- ARGV[2]   the run id of this Redis process, stored as the marker's value
--- ARGV[3..] pairs: seat name, booking id (each seat becomes "!" .. booking id, with no TTL,
+-- ARGV[3]   the seat stream's length (_stream.lua; 0: no stream)
+-- ARGV[4..] pairs: seat name, booking id (each seat becomes "!" .. booking id, with no TTL,
 --           unless it holds another booking's value: SQL was read before this call, and a
 --           seat taken since then is not overwritten)
 --
@@ -19,14 +24,17 @@
 local rcall = redis.call
 local prefix = string.sub(KEYS[1], 1, -2)
 local written = 0
-for i = 3, #ARGV - 1, 2 do
+local changed = {}
+for i = 4, #ARGV - 1, 2 do
   local key = prefix .. ARGV[i]
   local value = rcall('GET', key)
   local booked = '!' .. ARGV[i + 1]
   if not value or value == ARGV[i + 1] or value == booked then
     rcall('SET', key, booked)
     written = written + 1
+    changed[#changed + 1] = ARGV[i]
   end
 end
+announce(KEYS[2], tonumber(ARGV[3]), changed, 'b')
 if ARGV[1] == '1' then rcall('SET', KEYS[1], ARGV[2]) end
 return written

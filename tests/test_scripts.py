@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from holdsvc import EmbeddedRedis, Held, HoldStore, NotRestored, PipelinedRedis, Taken
+from holdsvc.seats import keys as seat_keys
 from holdsvc.seats.holds import (
     Confirm,
     HoldMeta,
@@ -17,6 +19,7 @@ from holdsvc.seats.holds import (
     KeyMismatch,
     NotEnough,
     Replayed,
+    Snapshot,
 )
 from holdsvc.seats.scripts import (
     LUA_DIR,
@@ -73,6 +76,14 @@ async def test_every_documented_reply_maps_to_its_result(
         assert await store.confirm(fid, ["1A", "1B"], "b1") is Confirm.BOOKED  # 1
         assert await store.confirm(fid, ["1A", "1B"], "b1") is Confirm.ALREADY_BOOKED  # 2
         assert await store.confirm(fid, ["2A"], "b2") is Confirm.HOLD_LOST  # 0
+        # seat_snapshot: {1, position, statuses} (1A, 1B and 2B booked, 2A held by b3), the
+        # position the stream's last entry: the confirm of 1A and 1B.
+        snap = await store.snapshot(fid, 2, "AB")
+        assert isinstance(snap, Snapshot) and snap.statuses == "bbhb"
+        newest: Any = await redis.xrevrange(seat_keys.stream(fid), count=1)
+        [(last_id, last)] = newest
+        assert snap.position == last_id.decode() and last == {b"s": b"1A,1B", b"t": b"b"}
+        assert isinstance(await store.snapshot(fid + 1, 2, "AB"), NotRestored)  # {3}
         assert await store.due(fid, 10) == []  # {} (nothing past its deadline)
         short = await store.hold(fid, ["3A"], "b5", 1, m)
         assert isinstance(short, Held)
@@ -115,6 +126,7 @@ OUT_OF_SET: dict[str, tuple[str, Callable[[HoldStore], Awaitable[object]]]] = {
     "restore_seats": ("-1", lambda s: s.restore(1, [("1A", "b")], "r")),
     "index_seats": ("-1", lambda s: s.index(1, 2, "AB")),
     "free_lapsed": ("5", lambda s: s.forget(1, ["b"], ["1A"])),
+    "seat_snapshot": ("{1, '0-0', 'aaa'}", lambda s: s.snapshot(1, 2, "AB")),
 }
 
 

@@ -76,7 +76,8 @@ def _operation(e: Endpoint, ref: dict[str, Any]) -> dict[str, Any]:
         responses["401"] = _json("No API key, or an unknown one", error)
         responses["403"] = _json(f"This key's role may not {action}", error)
     for status, (answer, description) in e.answers.items():
-        responses[str(status)] = _json(description, ref[repr(answer)])
+        media = e.media_type if status < 300 else "application/json"
+        responses[str(status)] = _json(description, ref[repr(answer)], media)
     op: dict[str, Any] = {
         "operationId": e.handler.__name__,
         "summary": e.summary,
@@ -89,6 +90,11 @@ def _operation(e: Endpoint, ref: dict[str, Any]) -> dict[str, Any]:
         for name in ("flight_id", "booking_id")
         if "{" + name + "}" in e.path
     ]
+    params.extend(
+        {"name": name, "in": "header", "required": False, "description": text,
+         "schema": {"type": "string"}}
+        for name, text in e.request_headers
+    )  # fmt: skip
     if e.method == "POST":
         params.append(
             {
@@ -114,8 +120,10 @@ def _operation(e: Endpoint, ref: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
-def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(
+    description: str, schema: dict[str, Any], media: str = "application/json"
+) -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": schema}}}
 
 
 def _path_schema(name: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from holdsvc.domain.payments import REFUNDED, PayOutcome
 from holdsvc.http import bodies, schemas
 from holdsvc.http.auth import principal_of, requires
 from holdsvc.http.bodies import EmptyIn, FlightIn, HoldIn, PayIn
+from holdsvc.http.events import stream_seats
 from holdsvc.http.views import (
     booking_action,
     booking_view,
@@ -84,6 +85,11 @@ async def flight_seats(request: web.Request) -> web.Response:
             "seats": [{"seat": seat, "status": status} for seat, status in statuses],
         }
     )
+
+
+@requires(Action.READ_FLIGHTS)
+async def flight_seat_events(request: web.Request) -> web.StreamResponse:
+    return await stream_seats(request, _flight_id(request))
 
 
 @requires(Action.HOLD)
@@ -170,6 +176,10 @@ class Endpoint:
     # status -> (answer type, description); the error answers every route may give are added
     # by the OpenAPI builder.
     answers: dict[int, tuple[object, str]] = field(default_factory=dict)
+    # What the success answers are (the error answers are always JSON).
+    media_type: str = "application/json"
+    # Request headers the route reads: (name, description).
+    request_headers: tuple[tuple[str, str], ...] = ()
 
 
 _BOOKING_ERRORS: dict[int, tuple[object, str]] = {
@@ -188,6 +198,17 @@ ENDPOINTS = [
     Endpoint("GET", "/api/flights/{flight_id}/seats/", flight_seats, "The flight's seat map",
              answers={200: (schemas.SeatMap, "Every seat and its status"),
                       404: (schemas.Error, "Flight not found")}),
+    Endpoint("GET", "/api/flights/{flight_id}/seats/events", flight_seat_events,
+             "The flight's seats, live: a snapshot event, then a seat event a change",
+             answers={200: (schemas.SeatStreamEvent, "text/event-stream: `event: snapshot` (every seat, `id` the"
+                                 " stream position), then `event: seat` `{seat, status}`"
+                                 " a change, each with its position as `id`; a"
+                                 " `: keep-alive` comment every 15 s"),
+                      404: (schemas.Error, "Flight not found")},
+             media_type="text/event-stream",
+             request_headers=(("Last-Event-ID", "The id of the last event received: the"
+                               " changes after it, or a fresh snapshot when the stream no"
+                               " longer has it"),)),
     Endpoint("POST", "/api/bookings/", create_booking, "Hold seats: all of them or none",
              HoldIn,
              answers={201: (schemas.Booking, "SEAT_HELD until hold_expires_at"),

@@ -73,3 +73,14 @@ class BookingAction(Booking):
 
 class Health(msgspec.Struct):
     status: str
+
+
+class SeatStreamEvent(msgspec.Struct, omit_defaults=True):
+    """One Server-Sent Event of ``/seats/events``: ``snapshot`` (data: JSON ``{flight_id,
+    position, seats: [Seat]}``) or ``seat`` (data: a Seat, as JSON), its ``id`` the stream position; the first
+    carries only ``retry`` (ms before a browser reconnects)."""
+
+    data: str | None = None
+    event: Literal["snapshot", "seat"] | None = None
+    id: str | None = None
+    retry: int | None = None

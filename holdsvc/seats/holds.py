@@ -110,6 +110,16 @@ class NotRestored:
     """Nothing was held; this Redis does not have the flight's booked seats (yet)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A flight's seats at one position of its seat stream (lua/seat_snapshot.lua)."""
+
+    # The stream's last entry id then, "0-0" for an empty stream.
+    position: str
+    # One letter a seat in row-major order: "a" available, "h" held, "b" booked.
+    statuses: str
+
+
 class Confirm(Enum):
     BOOKED = 1
     ALREADY_BOOKED = 2
@@ -129,8 +139,12 @@ class HoldStore:
     redis-py serves the rest (INFO, pipelines of admin reads).
     """
 
-    def __init__(self, redis: Redis, scripts: Scripts, fast: FastRedis) -> None:
+    def __init__(
+        self, redis: Redis, scripts: Scripts, fast: FastRedis, stream_length: int = 10_000
+    ) -> None:
         self.redis = redis
+        # Entries each flight's seat stream keeps, about (lua/_stream.lua); 0: no stream.
+        self.stream_length = stream_length
         self._s = scripts
         self._fast = fast
         if isinstance(fast, ClusterPipelinedRedis):
@@ -221,7 +235,7 @@ class HoldStore:
         reply = await self._eval(
             self._s.hold_seats,
             [*_hold_keys(flight_id, booking_id, key), *keys.seats(flight_id, seats)],
-            _hold_args(booking_id, ttl_ms, meta, key, run_id),
+            [*_hold_args(booking_id, ttl_ms, meta, key, run_id), self.stream_length],
         )
         match reply:
             case [1, int(deadline), int(created)]:
@@ -248,7 +262,13 @@ class HoldStore:
         reply = await self._eval(
             self._s.hold_best,
             _hold_keys(flight_id, booking_id, key),
-            [*_hold_args(booking_id, ttl_ms, meta, key, run_id), count, rows, letters],
+            [
+                *_hold_args(booking_id, ttl_ms, meta, key, run_id),
+                count,
+                rows,
+                letters,
+                self.stream_length,
+            ],
         )
         match reply:
             case [1, int(deadline), int(created), *names] if len(names) == count:
@@ -296,9 +316,10 @@ class HoldStore:
             [
                 keys.deadlines(flight_id),
                 keys.records(flight_id),
+                keys.stream(flight_id),
                 *keys.seats(flight_id, seats),
             ],
-            [booking_id],
+            [booking_id, self.stream_length],
         )
         if isinstance(reply, int) and reply in (0, 1, 2):
             return Confirm(reply)
@@ -311,9 +332,10 @@ class HoldStore:
                 keys.deadlines(flight_id),
                 keys.records(flight_id),
                 *keys.index(flight_id),
+                keys.stream(flight_id),
                 *keys.seats(flight_id, seats),
             ],
-            [booking_id],
+            [booking_id, self.stream_length],
         )
         if isinstance(reply, int) and 0 <= reply <= len(seats):
             return reply
@@ -343,11 +365,30 @@ class HoldStore:
             return
         reply = await self._eval(
             self._s.free_lapsed,
-            [keys.deadlines(flight_id), *keys.index(flight_id), keys.records(flight_id)],
-            [len(booking_ids), *booking_ids, *seats],
+            [
+                keys.deadlines(flight_id),
+                *keys.index(flight_id),
+                keys.records(flight_id),
+                keys.stream(flight_id),
+            ],
+            [len(booking_ids), self.stream_length, *booking_ids, *seats],
         )
         if not (isinstance(reply, int) and 0 <= reply <= len(seats)):
             raise UnknownScriptReply("free_lapsed", reply)
+
+    async def snapshot(self, flight_id: int, rows: int, letters: str) -> Snapshot | NotRestored:
+        """Every seat's status and the seat-stream position they are true at, atomically."""
+        marker = keys.marker(flight_id)
+        run_id = self._fast.run_id_for(marker) or await self._fast.connected_run_id_for(marker)
+        reply = await self._eval(
+            self._s.seat_snapshot, [marker, keys.stream(flight_id)], [run_id, rows, letters]
+        )
+        match reply:
+            case [1, bytes(position), bytes(statuses)] if len(statuses) == rows * len(letters):
+                return Snapshot(position.decode(), statuses.decode())
+            case [3]:
+                return NotRestored()
+        raise UnknownScriptReply("seat_snapshot", reply)
 
     async def index(self, flight_id: int, rows: int, letters: str) -> int:
         """Build the flight's free-seat index from its seat keys; returns the seats taken."""
@@ -371,8 +412,8 @@ class HoldStore:
             pairs = [x for seat, booking_id in part for x in (seat, booking_id)]
             reply = await self._eval(
                 self._s.restore_seats,
-                [keys.marker(flight_id)],
-                ["1" if last else "0", run_id or "", *pairs],
+                [keys.marker(flight_id), keys.stream(flight_id)],
+                ["1" if last else "0", run_id or "", self.stream_length, *pairs],
             )
             if not (isinstance(reply, int) and 0 <= reply <= len(part)):
                 raise UnknownScriptReply("restore_seats", reply)
@@ -469,6 +510,7 @@ def _flight_keys(flight_id: int) -> tuple[str, ...]:
         keys.records(flight_id),
         keys.idempotency(flight_id, ""),
         *keys.index(flight_id),
+        keys.stream(flight_id),
     )
 
 
@@ -504,7 +546,9 @@ def _status(owner: tuple[str, bool] | None) -> SeatStatus:
     return SeatStatus.BOOKED if owner[1] else SeatStatus.HELD
 
 
-async def connect_hold_store(url: str, pool_size: int = 64, cluster: bool = False) -> HoldStore:
+async def connect_hold_store(
+    url: str, pool_size: int = 64, cluster: bool = False, stream_length: int = 10_000
+) -> HoldStore:
     """A HoldStore with its own clients, for tools that run without the app (the benchmark).
     With ``cluster``, the hot path goes through the cluster client, routed by slot; the
     scripts are loaded on each primary as it first answers NOSCRIPT."""
@@ -514,6 +558,6 @@ async def connect_hold_store(url: str, pool_size: int = 64, cluster: bool = Fals
     fast: FastRedis = PipelinedRedis(url)
     if cluster:
         fast = ClusterPipelinedRedis(url)
-    store = HoldStore(redis, await load_scripts(redis), fast)
+    store = HoldStore(redis, await load_scripts(redis), fast, stream_length)
     store.owns_redis = True
     return store

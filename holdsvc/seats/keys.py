@@ -17,6 +17,7 @@ _RECORDS = "b"
 _IDEMPOTENCY = "k:"
 # The free-seat index (lua/_hold.lua): the bitmap, the runs and counts a row, the layout.
 _INDEX = ("m", "r", "c", "l")
+_STREAM = "s"
 
 # A confirmed seat keeps this prefix before the booking id, and no TTL: expiry can never free it.
 BOOKED_PREFIX = b"!"
@@ -72,6 +73,11 @@ def records(flight_id: int) -> str:
 def idempotency(flight_id: int, key: str) -> str:
     """A hold's Idempotency-Key entry (hash), in the flight's slot so the hold script owns it."""
     return f"{{f:{flight_id}}}:{_IDEMPOTENCY}{key}"
+
+
+def stream(flight_id: int) -> str:
+    """The flight's seat stream (a Redis Stream): every seat status change, in order."""
+    return f"{{f:{flight_id}}}:{_STREAM}"
 
 
 def index(flight_id: int) -> list[str]:

@@ -32,7 +32,7 @@ def _lua_dir() -> Path:
 LUA_DIR = _lua_dir()
 # The files put in front of every script: the helpers they share (Redis has no includes).
 # They define only local functions, so a script's line numbers shift but nothing else does.
-PRELUDE = ("_clock.lua", "_hold.lua")
+PRELUDE = ("_clock.lua", "_hold.lua", "_stream.lua")
 NAMES = (
     "hold_seats",
     "hold_best",
@@ -43,6 +43,7 @@ NAMES = (
     "restore_seats",
     "index_seats",
     "free_lapsed",
+    "seat_snapshot",
 )
 
 
@@ -68,6 +69,7 @@ class Scripts:
     restore_seats: AsyncScript
     index_seats: AsyncScript
     free_lapsed: AsyncScript
+    seat_snapshot: AsyncScript
 
     def all(self) -> list[AsyncScript]:
         return [getattr(self, f.name) for f in dataclasses.fields(self)]
