@@ -41,6 +41,7 @@ from holdsvc.gateway import MockGateway
 from holdsvc.http.auth import requires
 from holdsvc.http.middleware import edge_middleware
 from holdsvc.http.openapi import add_docs
+from holdsvc.http.pages import add_pages
 from holdsvc.http.routes import add_routes
 from holdsvc.metrics import CONTENT_TYPE, Metrics
 from holdsvc.seats.cluster_client import ClusterPipelinedRedis
@@ -100,6 +101,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_end_seat_streams)
     add_routes(app)
     add_docs(app)
+    add_pages(app)
     app.router.add_get("/metrics", _metrics)
     return app
 

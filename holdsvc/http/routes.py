@@ -200,10 +200,11 @@ ENDPOINTS = [
                       404: (schemas.Error, "Flight not found")}),
     Endpoint("GET", "/api/flights/{flight_id}/seats/events", flight_seat_events,
              "The flight's seats, live: a snapshot event, then a seat event a change",
-             answers={200: (schemas.SeatStreamEvent, "text/event-stream: `event: snapshot` (every seat, `id` the"
-                                 " stream position), then `event: seat` `{seat, status}`"
-                                 " a change, each with its position as `id`; a"
-                                 " `: keep-alive` comment every 15 s"),
+             answers={200: (schemas.SeatStreamEvent,
+                            "text/event-stream: `event: snapshot` (every seat, `id` the"
+                            " stream position), then `event: seat` `{seat, status}`"
+                            " a change, each with its position as `id`; a"
+                            " `: keep-alive` comment every 15 s"),
                       404: (schemas.Error, "Flight not found")},
              media_type="text/event-stream",
              request_headers=(("Last-Event-ID", "The id of the last event received: the"

@@ -77,8 +77,8 @@ class Health(msgspec.Struct):
 
 class SeatStreamEvent(msgspec.Struct, omit_defaults=True):
     """One Server-Sent Event of ``/seats/events``: ``snapshot`` (data: JSON ``{flight_id,
-    position, seats: [Seat]}``) or ``seat`` (data: a Seat, as JSON), its ``id`` the stream position; the first
-    carries only ``retry`` (ms before a browser reconnects)."""
+    position, seats: [Seat]}``) or ``seat`` (data: a Seat, as JSON), its ``id`` the stream
+    position; the first carries only ``retry`` (ms before a browser reconnects)."""
 
     data: str | None = None
     event: Literal["snapshot", "seat"] | None = None
