@@ -188,7 +188,8 @@ def test_the_flight_list_links_every_flight(browser: Any, service: ServiceProces
         5,
         "two flights listed",
     )
-    links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#flight-rows a")]
+    anchors = browser.find_elements(By.CSS_SELECTOR, "#flight-rows a")
+    links = [a.get_attribute("href") for a in anchors]
     assert links == [f"{base}/flights/{f['id']}" for f in flights]
     assert console_errors(browser) == []
 
@@ -239,9 +240,7 @@ def test_with_api_keys_the_page_asks_for_a_client_key_and_then_works(
     ])  # fmt: skip
     flight = new_flight(service.base, key=admin, rows=5)
     browser.get(f"{service.base}/flights/{flight['id']}")
-    wait_for(
-        lambda: "API key" in browser.find_element(By.ID, "message").text, 5, "asks for a key"
-    )
+    wait_for(lambda: "API key" in browser.find_element(By.ID, "message").text, 5, "asks for a key")
     browser.get_log("browser")  # the refused calls' console lines, expected without a key
     field = browser.find_element(By.ID, "api-key")
     field.send_keys(client)
