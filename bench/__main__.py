@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, http_holds, lifecycle, peers, recovery, store
+from bench import cluster, http_holds, lifecycle, peers, recovery, seat_stream, store
 from bench.common import flushall_sync, in_worker
 from holdsvc import EmbeddedRedis, find_binary
 
@@ -38,6 +38,7 @@ SCENARIOS = (
     "fsync_always",
     "peers",
     "http_holds",
+    "seat_stream",
     "workers",
     "cluster",
     "contention",
@@ -58,6 +59,8 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "lifecycle.confirms_per_s": (">=", "confirms/s", 4000),
     # The scale-out issue's (#14).
     "lifecycle.pg_confirms_per_s": (">=", "confirms/s", 2000),
+    # The live seat map's (#16): a change reaches 1,000 listeners within 500 ms at p99.
+    "seat_stream.lag_p99_ms": ("<=", "lag p99 ms", 500),
     "cluster.ratio_one_primary_vs_single": (">=", "x single-node client", 0.9),
     "expiry.lag_p99_ms": ("<=", "lag p99 ms", 500),
     "expiry.lag_max_ms": ("<=", "lag max ms", 1000),
@@ -134,6 +137,7 @@ def main() -> int:
                 ("peers", lambda: _peers(url, args.pg_dsn, work, z)),
                 ("http_holds", lambda: http_holds.http_holds(
                     url, work, int(z["http_seconds"]), 1000)),
+                ("seat_stream", lambda: _seat_stream(url, work, z)),
                 ("workers", lambda: http_holds.workers(
                     url, work, int(z["http_seconds"]), 1000)),
                 ("cluster", lambda: in_worker(
@@ -253,6 +257,12 @@ def _peers(redis_url: str, dsn: str, work: Path, sizes: dict[str, float]) -> dic
     return result
 
 
+def _seat_stream(url: str, work: Path, sizes: dict[str, float]) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed (apt-get install wrk)"}
+    return seat_stream.seat_stream(url, work, int(sizes["http_seconds"]), 1000)
+
+
 def _violations(name: str, r: dict[str, Any]) -> int:
     if "error" in r:
         return 0
@@ -274,6 +284,9 @@ def _violations(name: str, r: dict[str, Any]) -> int:
         return bad
     if name == "expiry":
         return int(r["stuck"])
+    if name == "seat_stream":
+        # A change a listener never got is a lost change.
+        return max(0, int(r["missed"]))
     return 0
 
 
@@ -306,6 +319,7 @@ def _headline(name: str, r: dict[str, Any]) -> str:
         "expiry": ("lag_p50_ms", "lag_p99_ms", "lag_max_ms", "stuck"),
         "memory": ("bytes_per_held_seat", "held_seats"),
         "workers": ("holds_per_s_1", "holds_per_s_2", "ratio_2_vs_1"),
+        "seat_stream": ("lag_p99_ms", "missed", "ratio_stream_vs_off", "ratio_listeners_vs_none"),
         "cluster": (
             "single_node_per_s",
             "one_primary_per_s",
