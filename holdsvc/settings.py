@@ -66,7 +66,8 @@ class Settings:
     max_seats_per_booking: int = 10
     # Entries each flight's seat stream keeps, about (what a client reconnecting with
     # Last-Event-ID can still be replayed; older positions get a fresh snapshot). Each entry
-    # is one hold's, confirm's or release's seats, some 20-40 bytes. 0: no stream.
+    # is one hold's, confirm's or release's seats, about 22 bytes (216 kB a flight at 10,000,
+    # measured with MEMORY USAGE). 0: no stream.
     seat_stream_length: int = 10_000
     # A comment on every open seat stream this often, so proxies keep idle ones open.
     sse_keepalive: float = 15.0

@@ -25,7 +25,7 @@ async function api(path, options) {
   if (resp.status === 401 || resp.status === 403) {
     message("This service needs a client API key: type it at the top right.");
   }
-  return { status: resp.status, body: body, date: resp.headers.get("Date") };
+  return { status: resp.status, body: body };
 }
 
 // ---------- the flight list
@@ -73,7 +73,6 @@ const page = {
   buttons: {},       // seat -> its element
   selected: new Set(),
   booking: null,     // {id, seats, deadline (local ms), state}
-  skew: 0,           // the server's clock minus ours, ms (from the Date header)
   lastEventId: null,
 };
 
@@ -224,7 +223,7 @@ async function hold() {
   const seats = [...page.selected];
   localStorage.setItem(USER_STORE, user);
   $("hold").disabled = true;
-  const { status, body, date } = await api("/api/bookings/", {
+  const { status, body } = await api("/api/bookings/", {
     method: "POST",
     body: JSON.stringify({ flight_id: page.flight.id, user_id: user, seats: seats }),
   });
@@ -234,10 +233,11 @@ async function hold() {
     return;
   }
   message("");
-  if (date) page.skew = Date.parse(date) - Date.now();
   page.selected.clear();
-  page.booking = { id: body.id, seats: body.seats, state: body.state,
-    deadline: Date.parse(body.hold_expires_at) - page.skew };
+  // The time left as the server counts it when it says so, else from its deadline.
+  const left = typeof body.expires_in_seconds === "number"
+    ? body.expires_in_seconds * 1000 : Date.parse(body.hold_expires_at) - Date.now();
+  page.booking = { id: body.id, seats: body.seats, state: body.state, deadline: Date.now() + left };
   showBooking();
   tick();
   for (const s of body.seats) paint(s);
@@ -272,7 +272,7 @@ function showBooking() {
 function tick() {
   const b = page.booking;
   if (!b || b.state !== "SEAT_HELD") return;
-  const left = Math.max(0, Math.round((b.deadline - Date.now()) / 1000));
+  const left = Math.max(0, Math.ceil((b.deadline - Date.now()) / 1000));
   $("countdown").textContent = Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0");
   if (left === 0 && b.seats.every((s) => page.status[s] !== "held")) {
     // The stream says its seats are free again: the hold lapsed.
