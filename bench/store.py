@@ -231,11 +231,20 @@ async def _memory(url: str, seat_count: int) -> dict[str, Any]:
 
     await asyncio.gather(*(one(f, s) for f, s in jobs))
     after = (await holds.redis.info("memory"))["used_memory"]
+    # The part of it that is the flights' seat streams (one entry a hold, and each stream's
+    # own fixed cost, shared by its flight's seats), so the hold's own cost shows apart.
+    stream_pipe = holds.redis.pipeline(transaction=False)
+    for f in flights:
+        stream_pipe.memory_usage(seat_keys.stream(f))
+    streams = sum(n or 0 for n in await stream_pipe.execute())
     info = await holds.redis.info("server")
     await holds.close()
     return {
         "held_seats": held,
         "bookings": len(jobs),
         "bytes_per_held_seat": round((after - before) / held, 1),
+        "stream_bytes_per_held_seat": round(streams / held, 1),
+        "bytes_per_held_seat_without_stream": round((after - before - streams) / held, 1),
+        "seats_per_flight": len(SEATS),
         "server": f"{info.get('redis_version', '?')}",
     }
