@@ -25,7 +25,7 @@ ROWS = 150
 # The flights both HTTP scenarios create: 1,800 seats each.
 _FLIGHT = (
     b'{"flight_number":"BX1","origin":"DEL","destination":"BOM",'
-    b'"departure_time":"2026-12-01T09:30:00Z","rows":150,"seat_letters":"ABCDEFGHIJKL",'
+    b'"departure_time":"2030-01-01T09:30:00Z","rows":150,"seat_letters":"ABCDEFGHIJKL",'
     b'"price":"10.00","currency":"INR"}'
 )
 

@@ -42,7 +42,7 @@ async def _lifecycle(
         for n in range(max_calls // per_flight + 1):
             flight = await app[k.FLIGHTS].create(
                 NewFlight(
-                    f"LC{n}", "DEL", "BOM", "2026-12-01T09:30:00Z", ROWS, LETTERS, "10.00", "INR"
+                    f"LC{n}", "DEL", "BOM", "2030-01-01T09:30:00Z", ROWS, LETTERS, "10.00", "INR"
                 )
             )
             await app[k.RESTORER].restore(flight.id, "new flight")

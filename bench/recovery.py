@@ -39,7 +39,7 @@ ROWS = 150  # 1,800 seats a flight, the most a flight may have
 
 
 def flight(n: int) -> NewFlight:
-    return NewFlight(f"BX{n}", "DEL", "BOM", "2026-12-01T09:30:00Z", ROWS, LETTERS, "10.00", "INR")
+    return NewFlight(f"BX{n}", "DEL", "BOM", "2030-01-01T09:30:00Z", ROWS, LETTERS, "10.00", "INR")
 
 
 async def make_flights(app: web.Application, count: int) -> list[int]:

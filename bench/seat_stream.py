@@ -28,7 +28,7 @@ from holdsvc import free_port
 HOLD_TTL_S = 3
 _WATCHED = (
     b'{"flight_number":"SS1","origin":"DEL","destination":"BOM",'
-    b'"departure_time":"2026-12-01T09:30:00Z","rows":30,"seat_letters":"ABCDEF",'
+    b'"departure_time":"2030-01-01T09:30:00Z","rows":30,"seat_letters":"ABCDEF",'
     b'"price":"10.00","currency":"INR"}'
 )
 

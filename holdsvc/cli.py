@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -46,12 +48,13 @@ DEMO_FLIGHT = NewFlight(
     flight_number="AI101",
     origin="DEL",
     destination="BOM",
-    departure_time="2026-12-01T09:30:00Z",
+    departure_time="",  # a week after the start-up that creates it
     rows=30,
     seat_letters="ABCDEF",
     price="4999.00",
     currency="INR",
 )
+DEMO_DEPARTS_AFTER = timedelta(days=7)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,12 +157,22 @@ async def persist(settings: Settings) -> None:
 
 async def _demo_flight(app: web.Application) -> AsyncIterator[None]:
     settings = app[k.SETTINGS]
-    store = app[k.STORE]
-    record = await store.find_flight(DEMO_FLIGHT.flight_number, DEMO_FLIGHT.departure_time)
-    if record is None:
-        flight_id = (await app[k.RESTORER].add_flight(DEMO_FLIGHT)).id
+    now = datetime.now(UTC)
+    # The demo flight of an earlier start, while it has more than a day to go; else a new
+    # one, departing a week from now (a departed flight takes no holds).
+    upcoming = [
+        f for f in await app[k.FLIGHTS].all()
+        if f.record.flight_number == DEMO_FLIGHT.flight_number
+        and f.departs_ms > (now + timedelta(days=1)).timestamp() * 1000
+    ]  # fmt: skip
+    if upcoming:
+        flight_id = upcoming[0].id
     else:
-        flight_id = record.id
+        departs = (now + DEMO_DEPARTS_AFTER).replace(second=0, microsecond=0)
+        demo = dataclasses.replace(
+            DEMO_FLIGHT, departure_time=departs.strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
+        flight_id = (await app[k.RESTORER].add_flight(demo)).id
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"demo flight {DEMO_FLIGHT.flight_number} has id {flight_id}; hold two seats with:\n"

@@ -1,7 +1,10 @@
-"""The payment gateway holdsvc talks to: a mock with Stripe-like test methods.
+"""The payment gateway holdsvc talks to: a mock that speaks Stripe's test-card vocabulary.
 
-``pm_card_visa`` (and any other ``pm_…``) captures; a method containing ``chargeDeclined``
-(e.g. ``pm_card_chargeDeclined``) declines.
+``pm_card_visa``, ``pm_card_mastercard`` and ``pm_card_amex`` capture;
+``pm_card_chargeDeclined`` declines with ``card_declined``,
+``pm_card_chargeDeclinedInsufficientFunds`` with ``insufficient_funds`` and
+``pm_card_chargeDeclinedExpiredCard`` with ``expired_card``. Any other method is unknown:
+refused before anything moves.
 
 It stands in for an external provider, so its ledger is its own SQLite file that outlives
 holdsvc's processes: a service killed after a charge finds the charge again by its reference
@@ -27,6 +30,26 @@ from persistence.coalesce import Coalescer
 T = TypeVar("T")
 
 DEFAULT_METHOD = "pm_card_visa"
+# method -> the decline code its charges get (None: captured), as Stripe's test cards.
+TEST_CARDS: dict[str, str | None] = {
+    "pm_card_visa": None,
+    "pm_card_mastercard": None,
+    "pm_card_amex": None,
+    "pm_card_chargeDeclined": "card_declined",
+    "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
+    "pm_card_chargeDeclinedExpiredCard": "expired_card",
+}
+
+
+def knows(method: str) -> bool:
+    return method in TEST_CARDS
+
+
+def decline_code(method: str) -> str:
+    """Why a charge with ``method`` was declined (a method that no longer declines, or one
+    from before the vocabulary, says card_declined)."""
+    return TEST_CARDS.get(method) or "card_declined"
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -119,7 +142,7 @@ class MockGateway:
                 method,
                 amount,
                 currency,
-                "declined" if "chargeDeclined" in method else "captured",
+                "declined" if TEST_CARDS.get(method) else "captured",
                 at,
             )
             for reference, (amount, currency, method) in wanted.items()
@@ -156,16 +179,16 @@ class MockGateway:
 
     def _find_locked(self, reference: str) -> Charge | None:
         row = self._conn.execute(
-            "SELECT payment_id, status FROM charges WHERE reference = ?", (reference,)
+            "SELECT payment_id, status, method FROM charges WHERE reference = ?", (reference,)
         ).fetchone()
         if row is None:
             return None
-        payment_id, status = row
+        payment_id, status, method = row
         return Charge(
             payment_id,
             captured=status in ("captured", "refunded"),
             refunded=status == "refunded",
-            reason={"declined": "card_declined", "voided": "voided"}.get(status),
+            reason={"declined": decline_code(method), "voided": "voided"}.get(status),
         )
 
     def _refund(self, payment_id: str) -> None:

@@ -576,15 +576,6 @@ class PgStore(TransitionNotices):
         )
         return [_flight(r) for r in rows]
 
-    async def find_flight(self, flight_number: str, departure_time: str) -> FlightRecord | None:
-        rows = await self._fetch(
-            f"SELECT {_FLIGHT_COLUMNS} FROM flights WHERE flight_number = $1"
-            " AND departure_time = $2 ORDER BY id LIMIT 1",
-            flight_number,
-            departure_time,
-        )
-        return _flight(rows[0]) if rows else None
-
     # ----- bookings
 
     async def insert_booking(

@@ -164,15 +164,6 @@ class SqlStore(SqliteKeys, TransitionNotices):
         ) as c:
             return [FlightRecord(*row) for row in await c.fetchall()]
 
-    async def find_flight(self, flight_number: str, departure_time: str) -> FlightRecord | None:
-        async with self._query(
-            f"SELECT {_FLIGHT_COLUMNS} FROM flights WHERE flight_number = ? AND departure_time = ?"
-            " ORDER BY id LIMIT 1",
-            (flight_number, departure_time),
-        ) as cur:
-            row = await cur.fetchone()
-        return FlightRecord(*row) if row else None
-
     # ----- bookings
 
     async def insert_booking(

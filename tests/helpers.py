@@ -30,7 +30,7 @@ SMALL_FLIGHT = {
     "flight_number": "HS1",
     "origin": "DEL",
     "destination": "BOM",
-    "departure_time": "2026-12-01T09:30:00Z",
+    "departure_time": "2030-01-01T09:30:00Z",
     "rows": 2,
     "seat_letters": "ABCDE",
     "price": "100.00",

@@ -34,7 +34,7 @@ async def test_flights_status_and_audit(
     where = ["--redis-url", redis_server.url, "--db", str(tmp_path / "db.sqlite3")]
     created = admin(
         "flights", "create", *where, "--flight-number", "AI202", "--origin", "BOM",
-        "--destination", "DEL", "--departure-time", "2026-12-02T10:00:00Z", "--rows", "20",
+        "--destination", "DEL", "--departure-time", "2030-12-02T10:00:00Z", "--rows", "20",
         "--seat-letters", "ABCD", "--price", "100", "--currency", "INR",
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
@@ -42,7 +42,7 @@ async def test_flights_status_and_audit(
 
     bad = admin(
         "flights", "create", *where, "--flight-number", "AI202", "--origin", "BOM",
-        "--destination", "DEL", "--departure-time", "2026-12-02T10:00:00Z", "--rows", "20",
+        "--destination", "DEL", "--departure-time", "2030-12-02T10:00:00Z", "--rows", "20",
         "--seat-letters", "ABCD", "--price", "1.005", "--currency", "INR",
     )  # fmt: skip
     assert bad.returncode == 2

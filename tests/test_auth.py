@@ -169,11 +169,12 @@ async def test_every_endpoint_with_no_key_a_wrong_key_a_client_key_and_an_admin_
             elif who == "wrong":
                 assert resp.status == 401, where
                 assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"], where
-                assert body == {"error": "Unknown API key"}, where
+                assert body == {"error": "Unknown API key", "code": "unknown_api_key"}, where
             elif who == "client" and handler in ADMIN_ONLY:
                 assert resp.status == 403, where
                 assert body == {
-                    "error": "An API key with the role client may not create flights"
+                    "error": "An API key with the role client may not create flights",
+                    "code": "role_not_allowed",
                 }, where
             else:
                 assert resp.status == ALLOWED[handler], where
@@ -203,11 +204,11 @@ async def test_a_client_cannot_reach_another_clients_booking(keyed: Client) -> N
     for booking in (held, paid, missing):  # a live hold, a booking in SQL, no booking
         got = await keyed.get(f"/api/bookings/{booking}/", headers=bearer(SHOP_B))
         assert got.status == 404
-        assert await got.json() == {"error": "Booking not found"}
+        assert await got.json() == {"error": "Booking not found", "code": "not_found"}
         for action in ("pay", "cancel", "refund"):
             resp = await keyed.post(f"/api/bookings/{booking}/{action}/", headers=bearer(SHOP_B))
             assert resp.status == 404, (booking, action)
-            assert await resp.json() == {"error": "Booking not found"}
+            assert await resp.json() == {"error": "Booking not found", "code": "not_found"}
     # Untouched, and still reachable by its owner and by an admin.
     for secret in (SHOP_A, ADMIN):
         states = []

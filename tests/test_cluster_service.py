@@ -289,7 +289,7 @@ def test_the_admin_commands_on_a_cluster(tmp_path: Path, cluster: LocalCluster) 
     for n in range(6):  # flights on every node
         made = admin(
             "flights", "create", "--flight-number", f"CL{n}", "--origin", "DEL",
-            "--destination", "BOM", "--departure-time", "2026-12-20T10:00:00Z", "--rows", "2",
+            "--destination", "BOM", "--departure-time", "2030-12-20T10:00:00Z", "--rows", "2",
             "--seat-letters", "AB", "--price", "10", "--currency", "INR",
         )  # fmt: skip
         assert made.returncode == 0, made.stderr

@@ -57,7 +57,12 @@ async def test_pay_at_the_deadline_is_all_or_nothing(
                 assert "payment was refunded" in body["error"], body
                 outcomes["refunded"] += 1
             else:
-                assert body == {"error": "Invalid state transition from EXPIRED to PAYMENT_PENDING"}
+                assert body == {
+                    "error": "Invalid state transition from EXPIRED to PAYMENT_PENDING",
+                    "code": "invalid_transition",
+                    "from": "EXPIRED",
+                    "to": "PAYMENT_PENDING",
+                }
                 outcomes["expired"] += 1
     # "refunded" (charged, then the hold lapsed before the confirm) happens in a few per cent
     # of rounds here; it is not asserted, to keep the test from depending on timing.

@@ -61,7 +61,10 @@ async def test_hold_expires_through_the_keyspace_event(
     resp = await client.post(f"/api/bookings/{booking['id']}/pay/")
     assert resp.status == 409
     assert await resp.json() == {
-        "error": "Invalid state transition from EXPIRED to PAYMENT_PENDING"
+        "error": "Invalid state transition from EXPIRED to PAYMENT_PENDING",
+        "code": "invalid_transition",
+        "from": "EXPIRED",
+        "to": "PAYMENT_PENDING",
     }
 
 
@@ -94,7 +97,10 @@ async def test_pay_after_lapse_records_expiry_when_nothing_else_did(
     resp = await client.post(f"/api/bookings/{booking['id']}/pay/")
     assert resp.status == 409
     assert await resp.json() == {
-        "error": "Invalid state transition from EXPIRED to PAYMENT_PENDING"
+        "error": "Invalid state transition from EXPIRED to PAYMENT_PENDING",
+        "code": "invalid_transition",
+        "from": "EXPIRED",
+        "to": "PAYMENT_PENDING",
     }
     assert await state_of(client, booking["id"]) == "EXPIRED"
     body = await (await client.get(f"/api/bookings/{booking['id']}/")).json()

@@ -99,7 +99,7 @@ async def test_holds_lost_with_redis_data_are_gone_and_took_no_money(
 
     resp = await client.get(f"/api/bookings/{unpaid['id']}/")
     assert resp.status == 404
-    assert await resp.json() == {"error": "Booking not found"}
+    assert await resp.json() == {"error": "Booking not found", "code": "not_found"}
     # The confirmed seat is restored from SQL before any hold is served; the lost hold's
     # seats can be held again.
     again = await hold(client, flight["id"], ["1B", "1C"])

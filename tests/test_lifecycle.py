@@ -15,7 +15,7 @@ FLIGHT = {
     "flight_number": "AI101",
     "origin": "DEL",
     "destination": "BOM",
-    "departure_time": "2026-12-01T09:30:00Z",
+    "departure_time": "2030-01-01T09:30:00Z",
     "rows": 30,
     "seat_letters": "ABCDEF",
     "price": "4999.00",
@@ -124,7 +124,11 @@ async def test_taken_seats_are_named_and_nothing_is_held(client: Client) -> None
         json={"flight_id": flight["id"], "user_id": "u2", "seats": ["1A", "1B", "1C"]},
     )
     assert resp.status == 409
-    assert await resp.json() == {"error": "Seats not available", "seats": ["1B", "1C"]}
+    assert await resp.json() == {
+        "error": "Seats not available",
+        "code": "seats_not_available",
+        "seats": ["1B", "1C"],
+    }
     assert (await seat_map(client, flight["id"]))["1A"] == "available"
 
 
@@ -167,16 +171,16 @@ async def test_unknown_booking_and_flight_are_404(client: Client) -> None:
     ]:
         resp = await client.request(method, path)
         assert resp.status == 404
-        assert await resp.json() == {"error": "Booking not found"}
+        assert await resp.json() == {"error": "Booking not found", "code": "not_found"}
     for path in ["/api/flights/99/", "/api/flights/99/seats/", "/api/flights/x/"]:
         resp = await client.get(path)
         assert resp.status == 404
-        assert await resp.json() == {"error": "Flight not found"}
+        assert await resp.json() == {"error": "Flight not found", "code": "not_found"}
     resp = await client.post(
         "/api/bookings/", json={"flight_id": 99, "user_id": "u1", "seats": ["1A"]}
     )
     assert resp.status == 404
-    assert await resp.json() == {"error": "Flight not found"}
+    assert await resp.json() == {"error": "Flight not found", "code": "not_found"}
 
 
 async def test_booking_ids_are_random(client: Client) -> None:

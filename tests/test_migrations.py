@@ -85,7 +85,7 @@ def test_a_file_from_before_versions_is_migrated_once_by_racing_processes(
     conn.execute(
         "INSERT INTO flights (flight_number, origin, destination, departure_time, seat_rows,"
         " seat_letters, price, currency, created_at)"
-        " VALUES ('AI1', 'DEL', 'BOM', '2026-12-01T09:30:00Z', 10, 'ABC', '10.00', 'INR', 1)"
+        " VALUES ('AI1', 'DEL', 'BOM', '2030-01-01T09:30:00Z', 10, 'ABC', '10.00', 'INR', 1)"
     )
     conn.commit()
     conn.close()

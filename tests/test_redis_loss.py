@@ -35,7 +35,11 @@ async def test_flushall_restores_booked_seats_before_any_hold(client: Client, re
         "/api/bookings/", json={"flight_id": flight["id"], "user_id": "u9", "seats": ["1A"]}
     )
     assert resp.status == 409
-    assert await resp.json() == {"error": "Seats not available", "seats": ["1A"]}
+    assert await resp.json() == {
+        "error": "Seats not available",
+        "code": "seats_not_available",
+        "seats": ["1A"],
+    }
     seats = await seat_map(client, flight["id"])
     assert seats["1A"] == seats["1B"] == "booked"
     assert seats["2A"] == "available"
@@ -43,7 +47,10 @@ async def test_flushall_restores_booked_seats_before_any_hold(client: Client, re
     # The hold Redis lost never reached SQL (no money was involved): it is gone, and its
     # seat can be held again.
     after = await client.get(f"/api/bookings/{held['id']}/")
-    assert after.status == 404 and await after.json() == {"error": "Booking not found"}
+    assert after.status == 404 and await after.json() == {
+        "error": "Booking not found",
+        "code": "not_found",
+    }
     assert await client.app[STORE].transitions_of(held["id"]) == []
     assert (await hold(client, flight["id"], ["2A"], user="u9"))["state"] == "SEAT_HELD"
 

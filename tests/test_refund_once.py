@@ -43,8 +43,18 @@ async def test_refund_is_refused_unless_cancelled(client: Client) -> None:
     bid = booking["id"]
     resp = await client.post(f"/api/bookings/{bid}/refund/")
     assert resp.status == 409
-    assert await resp.json() == {"error": "Invalid state transition from SEAT_HELD to REFUNDED"}
+    assert await resp.json() == {
+        "error": "Invalid state transition from SEAT_HELD to REFUNDED",
+        "code": "invalid_transition",
+        "from": "SEAT_HELD",
+        "to": "REFUNDED",
+    }
     assert (await client.post(f"/api/bookings/{bid}/pay/")).status == 200
     resp = await client.post(f"/api/bookings/{bid}/refund/")
     assert resp.status == 409
-    assert await resp.json() == {"error": "Invalid state transition from CONFIRMED to REFUNDED"}
+    assert await resp.json() == {
+        "error": "Invalid state transition from CONFIRMED to REFUNDED",
+        "code": "invalid_transition",
+        "from": "CONFIRMED",
+        "to": "REFUNDED",
+    }

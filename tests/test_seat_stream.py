@@ -183,7 +183,7 @@ async def test_an_unknown_flight_is_a_json_404_before_any_stream(client: Client)
         resp = await client.get(path)
         assert resp.status == 404
         assert resp.content_type == "application/json"
-        assert await resp.json() == {"error": "Flight not found"}
+        assert await resp.json() == {"error": "Flight not found", "code": "not_found"}
 
 
 async def test_many_listeners_share_one_read_and_leave_nothing_behind(

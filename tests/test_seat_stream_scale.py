@@ -20,6 +20,7 @@ from tests.helpers import SMALL_FLIGHT, ServiceProcess, hold
 from tests.sse import SSE
 from tests.test_cluster_service import flights_on_every_node
 from tests.test_seat_stream import listening
+from tests.test_workers import _all_workers
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[[Settings], Awaitable[Client]]
@@ -31,6 +32,7 @@ async def test_every_worker_streams_every_change_and_stops_promptly(
 ) -> None:
     node = services(["--workers", "2", "--data-dir", str(tmp_path), "--hold-ttl", "1"])
     async with aiohttp.ClientSession() as http:
+        await _all_workers(http, node.base, 2)  # both listen before the streams are opened
         async with http.post(f"{node.base}/api/flights/", json=SMALL_FLIGHT) as resp:
             assert resp.status == 201
             fid = (await resp.json())["id"]

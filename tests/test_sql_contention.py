@@ -54,7 +54,7 @@ async def test_three_writers_on_one_file_apply_every_move_once(
 
         flight = {
             "flight_number": "HS9", "origin": "DEL", "destination": "BOM",
-            "departure_time": "2026-12-01T09:30:00Z", "rows": 150, "seat_letters": LETTERS,
+            "departure_time": "2030-01-01T09:30:00Z", "rows": 150, "seat_letters": LETTERS,
             "price": "10.00", "currency": "INR",
         }  # fmt: skip
         flights = [(await post(nodes[0], "/api/flights/", flight))["id"] for _ in range(2)]

@@ -39,7 +39,7 @@ from tests.helpers import eventually, hold, insert_held, new_flight, seat_map
 from tests.sql import execute
 
 SUPERSEDE = move(State.EXPIRED, "superseded")
-FLIGHT = NewFlight("HS9", "DEL", "BOM", "2026-12-01T09:30:00Z", 2, "AB", "10.00", "INR")
+FLIGHT = NewFlight("HS9", "DEL", "BOM", "2030-01-01T09:30:00Z", 2, "AB", "10.00", "INR")
 
 
 @pytest.fixture

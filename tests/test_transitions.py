@@ -168,7 +168,12 @@ async def test_refused_move_is_409_and_changes_nothing(
 
     current, target = SCENARIOS[start].state, ACTIONS[action]
     assert status == 409, body
-    assert body == {"error": f"Invalid state transition from {current} to {target}"}
+    assert body == {
+        "error": f"Invalid state transition from {current} to {target}",
+        "code": "invalid_transition",
+        "from": current,
+        "to": target,
+    }
     assert await booking_bytes(client, booking_id) == booking_before
     assert await seat_map(client, flight_id) == seats_before
 
@@ -189,7 +194,11 @@ async def test_refund_without_a_captured_payment_is_409_and_changes_nothing(
     status, body = await act(client, booking_id, "refund", None)
 
     assert status == 409, body
-    assert body == {"error": "No captured payment to refund", "payment_status": payment_status}
+    assert body == {
+        "error": "No captured payment to refund",
+        "code": "nothing_to_refund",
+        "payment_status": payment_status,
+    }
     assert await booking_bytes(client, booking_id) == booking_before
     assert await seat_map(client, flight_id) == seats_before
 

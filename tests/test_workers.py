@@ -80,7 +80,7 @@ async def test_two_workers_race_for_seats_survive_a_kill_and_stop_together(
             f"{node.base}/api/flights/",
             json={
                 "flight_number": "WK1", "origin": "DEL", "destination": "BOM",
-                "departure_time": "2026-12-01T09:30:00Z", "rows": 2, "seat_letters": "ABCD",
+                "departure_time": "2030-01-01T09:30:00Z", "rows": 2, "seat_letters": "ABCD",
                 "price": "10.00", "currency": "INR",
             },
         ) as resp:  # fmt: skip

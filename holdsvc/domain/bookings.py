@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from holdsvc.domain.access import OPEN, Principal, may_see
 from holdsvc.domain.errors import (
+    Conflict,
     IdempotencyMismatch,
     InvalidTransition,
     NotFound,
@@ -199,10 +200,17 @@ class Bookings:
         self, req: HoldRequest, key: HoldKey | None = None, actor: Principal = OPEN
     ) -> HoldAnswer:
         flight = self._flights.cached(req.flight_id) or await self._flights.get(req.flight_id)
+        if time.time() * 1000 >= flight.departs_ms:
+            raise Conflict(
+                "The flight has departed", "flight_departed",
+                departure_time=flight.record.departure_time,
+            )  # fmt: skip
         if req.seats is not None:
             unknown = [s for s in req.seats if not flight.has_seat(s)]
             if unknown:
-                raise ValidationError("Unknown seats for this flight", seats=unknown)
+                raise ValidationError(
+                    "Unknown seats for this flight", "unknown_seats", field="$.seats", seats=unknown
+                )
         count = len(req.seats) if req.seats is not None else req.seat_count
         assert count is not None
         meta = HoldMeta(req.user_id, _amount(flight, count), flight.record.currency, actor.name)

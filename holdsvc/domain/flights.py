@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from holdsvc.domain.errors import NotFound
 from holdsvc.domain.idempotency import KeyRef
@@ -20,6 +21,8 @@ class Flight:
     # tuple, while every cached list and set of seat names was traversed by each full
     # collection. With 1,000 flights cached those took 170 ms each, the service's p99.
     seats: tuple[str, ...]
+    # Its departure, Unix ms: a hold on a departed flight is refused.
+    departs_ms: float = float("inf")
 
     @property
     def id(self) -> int:
@@ -44,7 +47,8 @@ class Flight:
         seats = tuple(
             f"{row}{letter}" for row in range(1, record.rows + 1) for letter in record.seat_letters
         )
-        return cls(record, seats)
+        departs = datetime.fromisoformat(record.departure_time.replace("Z", "+00:00"))
+        return cls(record, seats, departs.timestamp() * 1000)
 
 
 class Flights:

@@ -21,13 +21,14 @@ from enum import Enum
 from redis.exceptions import RedisError
 
 from holdsvc.domain.access import OPEN, Principal
-from holdsvc.domain.bookings import SUPERSEDE, Bookings, new_booking
+from holdsvc.domain.bookings import CANCELLED, SUPERSEDE, Bookings, new_booking
 from holdsvc.domain.errors import (
     Conflict,
     DomainError,
     InvalidTransition,
     SeatsNotAvailable,
     Unavailable,
+    ValidationError,
 )
 from holdsvc.domain.faults import crash_point
 from holdsvc.domain.idempotency import KeyRef
@@ -41,7 +42,8 @@ from holdsvc.domain.states import (
     require,
 )
 from holdsvc.domain.store import BookingStore
-from holdsvc.gateway import Charge, MockGateway
+from holdsvc.gateway import TEST_CARDS, Charge, MockGateway
+from holdsvc.gateway import knows as gateway_knows
 from holdsvc.seats.holds import Confirm, HoldStore
 from holdsvc.settings import Settings
 
@@ -60,6 +62,8 @@ LOST_CAPTURE_FROM = frozenset({PaymentStatus.PENDING, PaymentStatus.FAILED})
 CONFIRMED = "pay.confirmed"
 DECLINED = "pay.declined"
 REFUNDED = "refund"
+# A payment whose money is held: what a refund may take back.
+REFUNDABLE = frozenset({PaymentStatus.CAPTURED.value, PaymentStatus.REFUNDING.value})
 
 
 class PayOutcome(Enum):
@@ -68,6 +72,8 @@ class PayOutcome(Enum):
 
 
 class HoldLostDuringPayment(Conflict):
+    code = "hold_expired_during_payment"
+
     def __init__(self, state: str) -> None:
         super().__init__(
             "The hold expired before the payment completed; the payment was refunded",
@@ -101,6 +107,13 @@ class Payments:
         commit that settles the booking, and a retry of a pay whose first attempt left its
         payment behind (its process died) is recognised by it, never charged again.
         """
+        if not gateway_knows(method):
+            raise ValidationError(
+                f"Unknown payment method {method!r}",
+                "unknown_payment_method",
+                field="$.payment_method",
+                known=sorted(TEST_CARDS),
+            )
         idem_key = key.key if key is not None else None
         booking = await self._bookings.get(booking_id, actor)
         payment = booking.payment
@@ -173,7 +186,7 @@ class Payments:
         if status is PaymentStatus.REFUNDED and state == State.EXPIRED.value:
             raise HoldLostDuringPayment(state)
         if status is PaymentStatus.REFUNDED:
-            raise Conflict("This payment was refunded", state=state)
+            raise Conflict("This payment was refunded", "payment_refunded", state=state)
         return PayOutcome.CONFIRMED, booking
 
     async def settle_charge(
@@ -245,6 +258,30 @@ class Payments:
                     raise
         log.warning("booking %s: captured payment refunded (%s)", booking.id, cause)
 
+    async def cancel(
+        self,
+        booking_id: str,
+        refund: bool,
+        key: KeyRef | None = None,
+        actor: Principal = OPEN,
+    ) -> tuple[str, BookingRecord]:
+        """Cancel; with ``refund``, refund a captured payment in the same call, ending
+        REFUNDED. Returns what happened (CANCELLED or REFUNDED) and the booking.
+
+        With both, the Idempotency-Key's answer is stored by the refund's commit, the last
+        effect: a retry after a crash between the two finds the booking CANCELLED with its
+        refund open, skips the cancel and refunds.
+        """
+        if not refund:
+            return CANCELLED, await self._bookings.cancel(booking_id, key, actor)
+        booking = await self._bookings.get(booking_id, actor)
+        captured = booking.payment is not None and booking.payment.status in REFUNDABLE
+        if not captured:
+            return CANCELLED, await self._bookings.cancel(booking_id, key, actor)
+        if booking.state != State.CANCELLED.value:
+            await self._bookings.cancel(booking_id, None, actor)
+        return REFUNDED, await self.refund(booking_id, key, actor)
+
     async def refund(
         self, booking_id: str, key: KeyRef | None = None, actor: Principal = OPEN
     ) -> BookingRecord:
@@ -256,10 +293,10 @@ class Payments:
                 return booking
             raise Unavailable("The refund of this booking is being completed", retry_after_s=2)
         require(State(booking.state), State.REFUNDED)
-        refundable = {PaymentStatus.CAPTURED.value, PaymentStatus.REFUNDING.value}
-        if payment is None or payment.status not in refundable:
+        if payment is None or payment.status not in REFUNDABLE:
             raise Conflict(
                 "No captured payment to refund",
+                "nothing_to_refund",
                 payment_status=payment.status if payment else None,
             )
         try:
@@ -270,8 +307,12 @@ class Payments:
             )
         except PaymentChanged as exc:
             if exc.status == PaymentStatus.REFUNDING.value:
-                raise Conflict("A refund of this booking is already in progress") from exc
-            raise Conflict("No captured payment to refund", payment_status=exc.status) from exc
+                raise Conflict(
+                    "A refund of this booking is already in progress", "refund_in_progress"
+                ) from exc
+            raise Conflict(
+                "No captured payment to refund", "nothing_to_refund", payment_status=exc.status
+            ) from exc
         if not claimed.moved:
             raise InvalidTransition(str(claimed.state), State.REFUNDED.value)
         assert payment.payment_id is not None

@@ -46,7 +46,10 @@ def authenticate(request: web.Request) -> Principal | None:
     else:
         principal = _bearer(request, keyring.find)
         if not principal.may(action):
-            raise Forbidden(f"An API key with the role {principal.role.value} may not {action}")
+            raise Forbidden(
+                f"An API key with the role {principal.role.value} may not {action}",
+                "role_not_allowed",
+            )
     request[PRINCIPAL] = principal
     return principal
 
@@ -54,14 +57,18 @@ def authenticate(request: web.Request) -> Principal | None:
 def _bearer(request: web.Request, find: Callable[[str], Principal | None]) -> Principal:
     header = request.headers.get(hdrs.AUTHORIZATION)
     if header is None:
-        raise Unauthorized("An API key is required: send Authorization: Bearer <key>")
+        raise Unauthorized(
+            "An API key is required: send Authorization: Bearer <key>", "api_key_required"
+        )
     scheme, _, secret = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
-        raise Unauthorized("Authorization must be 'Bearer <key>'")
+        raise Unauthorized("Authorization must be 'Bearer <key>'", "bad_authorization")
     principal = find(secret.strip())
     if principal is None:
         raise Unauthorized(
-            "Unknown API key", challenge='Bearer realm="holdsvc", error="invalid_token"'
+            "Unknown API key",
+            "unknown_api_key",
+            challenge='Bearer realm="holdsvc", error="invalid_token"',
         )
     return principal
 

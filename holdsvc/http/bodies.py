@@ -5,10 +5,12 @@ the field. msgspec does the decoding (strict types, unknown fields refused, rang
 from __future__ import annotations
 
 import re
+import typing
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -25,6 +27,21 @@ UserId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]
 FlightId = Annotated[int, Meta(ge=1, le=2**53)]
 SeatName = Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,2}[A-Z]$")]
 Count = Annotated[int, Meta(ge=1)]
+_METHOD = r"^pm_[A-Za-z0-9_]{1,60}$"
+
+# Each pattern a request type uses, in words: an error shows these, never the regex.
+# (tests/test_bad_input.py checks that every pattern of every request type is here.)
+PATTERN_WORDS = {
+    r"^[A-Z]{3}$": "must be 3 capital letters, like DEL",
+    r"^[\x21-\x7e]+$": "must be visible ASCII characters, no spaces",
+    r"^[1-9][0-9]{0,2}[A-Z]$": "must be a seat like 12C: a row from 1, then a capital letter",
+    r"^[A-Z0-9]{2,8}$": "must be 2 to 8 capital letters or digits, like AI101",
+    r"^[A-Z]{1,12}$": "must be 1 to 12 capital letters, like ABCDEF",
+    r"^[0-9]{1,9}(\.[0-9]{1,2})?$": (
+        'must be a decimal string with at most 2 decimals, like "4999.00"'
+    ),
+    _METHOD: "must be a payment method id, like pm_card_visa",
+}
 
 
 class FlightIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,7 +69,12 @@ class HoldIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PayIn(msgspec.Struct, forbid_unknown_fields=True):
-    payment_method: Annotated[str, Meta(pattern=r"^pm_[A-Za-z0-9_]{1,60}$")] = DEFAULT_METHOD
+    payment_method: Annotated[str, Meta(pattern=_METHOD)] = DEFAULT_METHOD
+
+
+class CancelIn(msgspec.Struct, forbid_unknown_fields=True):
+    # Refund a captured payment in the same call (the booking ends REFUNDED).
+    refund: bool = False
 
 
 class EmptyIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,9 +99,76 @@ def decode(body: bytes, content_type: str, kind: type[S], *, optional: bool = Fa
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
-        raise ValidationError(f"Invalid request: {exc}") from exc
+        # msgspec stops at the first problem; the client is told every one.
+        raise _invalid(msgspec.json.decode(body), kind) from exc
     except msgspec.DecodeError as exc:
         raise ValidationError(f"Malformed JSON: {exc}") from exc
+
+
+def _invalid(value: Any, kind: type[msgspec.Struct]) -> ValidationError:
+    problems = list(_problems(value, kind))
+    if not problems:  # a rule of the whole that no field breaks alone: say msgspec's words
+        try:
+            msgspec.convert(value, type=kind, strict=True)
+        except msgspec.ValidationError as exc:
+            problems = [{"field": "$", "message": _words(str(exc))}]
+    first = problems[0]
+    sentence = first["message"] if first["field"] == "$" else f"{first['field']} {first['message']}"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ValidationError(f"Invalid request: {sentence}{more}", errors=problems)
+
+
+def _problems(value: Any, kind: type[msgspec.Struct]) -> Iterator[dict[str, str]]:
+    if not isinstance(value, dict):
+        yield {"field": "$", "message": "must be a JSON object"}
+        return
+    hints = typing.get_type_hints(kind, include_extras=True)
+    names = {f.encode_name: f for f in msgspec.structs.fields(kind)}
+    for key in value:
+        if key not in names:
+            yield {"field": f"$.{key}", "message": "is not a field of this request"}
+    for name, f in names.items():
+        if name not in value:
+            if f.required:
+                yield {"field": f"$.{name}", "message": "is required"}
+            continue
+        try:
+            msgspec.convert(value[name], type=hints[f.name], strict=True)
+        except msgspec.ValidationError as exc:
+            text, _, at = str(exc).partition(" - at `$")
+            yield {"field": f"$.{name}{at.rstrip('`')}", "message": _words(text)}
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "str": "a string",
+    "array": "a list",
+    "object": "an object",
+    "bool": "true or false",
+    "float": "a number",
+    "datetime": "a date-time with a time zone, like 2026-12-01T09:30:00Z",
+    "null": "null",
+}
+
+
+def _words(text: str) -> str:
+    """msgspec's message as words: "Expected `int` <= 150" -> "must be at most 150"."""
+    if m := re.fullmatch(r"Expected `(\w+)`, got `(\w+)`", text):
+        return f"must be {_TYPE_WORDS.get(m[1], m[1])}, not {_TYPE_WORDS.get(m[2], m[2])}"
+    if m := re.fullmatch(r"Expected `\w+` (>=|<=|>|<) (-?[\d.]+)", text):
+        op = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}[m[1]]
+        return f"must be {op} {m[2]}"
+    if m := re.fullmatch(r"Expected `(str|array|object)` of length (>=|<=) (\d+)", text):
+        unit = {"str": "characters", "array": "items", "object": "fields"}[m[1]]
+        op = "at least" if m[2] == ">=" else "at most"
+        return f"must have {op} {m[3]} {unit}"
+    if m := re.fullmatch(r"Expected `str` matching regex '(.*)'", text):
+        return PATTERN_WORDS.get(m[1], "is not in the expected format")
+    if text == "Expected `datetime` with a timezone component":
+        return "must have a time zone, like 2026-12-01T09:30:00Z"
+    if m := re.fullmatch(r"Invalid RFC3339 encoded datetime", text):
+        return "must be a date-time, like 2026-12-01T09:30:00Z"
+    return text.replace("`", "")
 
 
 def _media_type(header: str) -> str:
@@ -90,9 +179,9 @@ def _media_type(header: str) -> str:
 
 def flight_from(body: FlightIn) -> NewFlight:
     if body.origin == body.destination:
-        raise ValidationError("origin and destination must differ")
+        raise ValidationError("origin and destination must differ", field="$.destination")
     if len(set(body.seat_letters)) != len(body.seat_letters):
-        raise ValidationError("seat_letters must not repeat a letter")
+        raise ValidationError("seat_letters must not repeat a letter", field="$.seat_letters")
     return NewFlight(
         flight_number=body.flight_number,
         origin=body.origin,
@@ -108,14 +197,15 @@ def flight_from(body: FlightIn) -> NewFlight:
 def _money(text: str) -> str:
     if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,2})?", text):
         raise ValidationError(
-            'price must be a decimal string with at most 2 decimals, like "4999.00"'
+            'price must be a decimal string with at most 2 decimals, like "4999.00"',
+            field="$.price",
         )
     try:
         value = Decimal(text)
     except InvalidOperation as exc:  # unreachable after the pattern, kept as a guard
-        raise ValidationError("price is not a number") from exc
+        raise ValidationError("price is not a number", field="$.price") from exc
     if value <= 0:
-        raise ValidationError("price must be greater than 0")
+        raise ValidationError("price must be greater than 0", field="$.price")
     return str(value.quantize(Decimal("0.01")))
 
 
@@ -136,11 +226,11 @@ def hold_from(body: HoldIn, max_seats: int) -> HoldRequest:
     if body.seats is not None:
         seats = body.seats
         if not seats:
-            raise ValidationError("seats must not be empty")
+            raise ValidationError("seats must not be empty", field="$.seats")
         _limit(len(seats), max_seats)
         if len(set(seats)) != len(seats):
             duplicates = sorted(s for s, n in Counter(seats).items() if n > 1)
-            raise ValidationError("seats must not repeat a seat", seats=duplicates)
+            raise ValidationError("seats must not repeat a seat", field="$.seats", seats=duplicates)
         return HoldRequest(flight_id, user_id, list(seats), None)
     count = body.seat_count if body.seat_count is not None else body.noOfSeats
     assert count is not None
@@ -156,10 +246,12 @@ def _one(name: str, value: V | None, alias: str, alias_value: V | None) -> V:
         raise ValidationError(f"Give {name} or {alias}, not both")
     chosen = value if value is not None else alias_value
     if chosen is None:
-        raise ValidationError(f"Missing required field: {name}")
+        raise ValidationError(f"Missing required field: {name}", field=f"$.{name}")
     return chosen
 
 
 def _limit(count: int, max_seats: int) -> None:
     if count > max_seats:
-        raise ValidationError(f"At most {max_seats} seats per booking", limit=max_seats)
+        raise ValidationError(
+            f"At most {max_seats} seats per booking", "too_many_seats", limit=max_seats
+        )

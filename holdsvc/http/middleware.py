@@ -149,7 +149,9 @@ async def _run_claimed(
     if claim.claim is Claim.MISMATCH:
         raise IdempotencyMismatch("Idempotency-Key was already used with a different request")
     if claim.claim is Claim.RUNNING:
-        raise Conflict("A request with this Idempotency-Key is still in progress")
+        raise Conflict(
+            "A request with this Idempotency-Key is still in progress", "idempotency_in_progress"
+        )
     if claim.claim is Claim.REPLAY:
         if claim.outcome is not None:
             assert claim.record is not None

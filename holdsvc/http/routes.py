@@ -21,14 +21,14 @@ from holdsvc.appkeys import (
     SETTINGS,
 )
 from holdsvc.domain.access import Action
-from holdsvc.domain.bookings import CANCELLED, REPLAYED_HEADER
+from holdsvc.domain.bookings import REPLAYED_HEADER
 from holdsvc.domain.errors import NotFound
 from holdsvc.domain.payments import CONFIRMED as PAY_CONFIRMED
 from holdsvc.domain.payments import DECLINED as PAY_DECLINED
 from holdsvc.domain.payments import REFUNDED, PayOutcome
 from holdsvc.http import bodies, schemas
 from holdsvc.http.auth import principal_of, requires
-from holdsvc.http.bodies import EmptyIn, FlightIn, HoldIn, PayIn
+from holdsvc.http.bodies import CancelIn, EmptyIn, FlightIn, HoldIn, PayIn
 from holdsvc.http.events import stream_seats
 from holdsvc.http.views import (
     booking_action,
@@ -127,11 +127,11 @@ async def pay_booking(request: web.Request) -> web.Response:
 
 @requires(Action.ACT_ON_BOOKING)
 async def cancel_booking(request: web.Request) -> web.Response:
-    bodies.decode(*await _body(request), EmptyIn, optional=True)
-    booking = await request.app[BOOKINGS].cancel(
-        request.match_info["booking_id"], request.get(KEY_REF), principal_of(request)
+    body = bodies.decode(*await _body(request), CancelIn, optional=True)
+    outcome, booking = await request.app[PAYMENTS].cancel(
+        request.match_info["booking_id"], body.refund, request.get(KEY_REF), principal_of(request)
     )
-    return booking_action(CANCELLED, booking)
+    return booking_action(outcome, booking)
 
 
 @requires(Action.ACT_ON_BOOKING)
@@ -221,10 +221,11 @@ ENDPOINTS = [
     Endpoint("POST", "/api/bookings/{booking_id}/pay/", pay_booking, "Pay and confirm",
              PayIn, body_optional=True,
              answers={200: (schemas.BookingAction, "Payment successful: CONFIRMED"),
-                      402: (schemas.BookingAction, "Payment failed: CANCELLED, seats freed"),
+                      402: (schemas.PaymentDeclined, "Payment failed: CANCELLED, seats freed"),
                       **_BOOKING_ERRORS}),
     Endpoint("POST", "/api/bookings/{booking_id}/cancel/", cancel_booking,
-             "Cancel a held or confirmed booking; its seats are freed", EmptyIn,
+             "Cancel a held or confirmed booking; its seats are freed. With"
+             " {\"refund\": true}, a captured payment is refunded in the same call", CancelIn,
              body_optional=True,
              answers={200: (schemas.BookingAction, "Booking cancelled"), **_BOOKING_ERRORS}),
     Endpoint("POST", "/api/bookings/{booking_id}/refund/", refund_booking,

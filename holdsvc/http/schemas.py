@@ -9,10 +9,19 @@ from typing import Literal
 import msgspec
 
 
+class FieldError(msgspec.Struct):
+    field: str
+    message: str
+
+
 class Error(msgspec.Struct):
-    """Every refusal: ``error`` names the problem; some add the seats or the limit at fault."""
+    """Every refusal: ``error`` names the problem in a sentence, ``code`` is stable for
+    programs (README lists them); some add details (the seats or the limit at fault, the
+    states of a refused move, every problem of bad input as ``errors``)."""
 
     error: str
+    code: str
+    errors: list[FieldError] | None = None
 
 
 class Flight(msgspec.Struct):
@@ -66,9 +75,19 @@ class Booking(msgspec.Struct):
 
 
 class BookingAction(Booking):
-    """The booking after pay, cancel or refund, with what happened in words."""
+    """The booking after pay, cancel or refund, with what happened in words. A cancel that
+    left a captured payment says ``"refund": "due"``."""
 
     message: str
+    refund: Literal["due"] | None = None
+
+
+class PaymentDeclined(BookingAction):
+    """402: the booking, CANCELLED and its seats freed, and why the card was declined."""
+
+    error: str = ""
+    code: Literal["payment_declined"] = "payment_declined"
+    decline_code: Literal["card_declined", "insufficient_funds", "expired_card"] = "card_declined"
 
 
 class Health(msgspec.Struct):

@@ -20,9 +20,10 @@ from holdsvc.domain.flights import Flight
 from holdsvc.domain.health import Outage
 from holdsvc.domain.payments import CONFIRMED as PAY_CONFIRMED
 from holdsvc.domain.payments import DECLINED as PAY_DECLINED
-from holdsvc.domain.payments import REFUNDED
+from holdsvc.domain.payments import REFUNDABLE, REFUNDED
 from holdsvc.domain.records import BookingRecord, FlightRecord, PaymentRecord, StoreUnavailable
 from holdsvc.domain.states import HOLDING
+from holdsvc.gateway import decline_code
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,17 @@ _OUTCOMES: dict[str, tuple[int, str]] = {
 
 def booking_action(outcome: str, booking: BookingRecord) -> web.Response:
     status, message = _OUTCOMES[outcome]
-    return json_response({"message": message, **booking_view(booking)}, status)
+    body = {"message": message, **booking_view(booking)}
+    payment = booking.payment
+    if outcome == PAY_DECLINED:
+        # An error answer like every other (error, code), with the gateway's reason.
+        reason = decline_code(payment.method) if payment is not None else "card_declined"
+        body.update(error=f"Payment declined: {reason}", code="payment_declined",
+                    decline_code=reason)  # fmt: skip
+    elif outcome == CANCELLED and payment is not None and payment.status in REFUNDABLE:
+        # Cancelled with the money still taken: the refund is the caller's next step.
+        body["refund"] = "due"
+    return json_response(body, status)
 
 
 def new_flight_response(flight: Flight) -> web.Response:
@@ -152,20 +163,36 @@ def error_response(exc: Exception) -> web.Response:
     if redis_unavailable(exc):
         _REDIS_OUTAGE.failed(exc)
         return json_response(
-            {"error": "Seat store (Redis) unavailable; retry shortly"}, 503, {"Retry-After": "1"}
+            {"error": "Seat store (Redis) unavailable; retry shortly", "code": "unavailable"},
+            503,
+            {"Retry-After": "1"},
         )
     if isinstance(exc, StoreUnavailable):
         # The SQL writer process is being replaced: what was waiting has an unknown outcome.
         log.warning("SQL writer unavailable: %s", exc)
         return json_response(
-            {"error": "Booking store (SQL) unavailable; retry shortly"}, 503, {"Retry-After": "1"}
+            {"error": "Booking store (SQL) unavailable; retry shortly", "code": "unavailable"},
+            503,
+            {"Retry-After": "1"},
         )
     if isinstance(exc, ConnectionResetError):
         # The client went away mid-request: nobody reads this answer; not a server error.
         log.info("client disconnected: %s", exc)
-        return json_response({"error": "Client closed the connection"}, CLIENT_GONE)
+        return json_response(
+            {"error": "Client closed the connection", "code": "client_closed"}, CLIENT_GONE
+        )
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return json_response({"error": exc.reason}, exc.status, headers)
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return json_response({"error": exc.reason, "code": code}, exc.status, headers)
     log.error("unexpected error", exc_info=exc)
-    return json_response({"error": "Internal server error"}, 500)
+    return json_response({"error": "Internal server error", "code": "internal_error"}, 500)
+
+
+# aiohttp's own refusals (no route, a method the route has not, a body over the limit).
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    400: "bad_request",
+}

@@ -1,0 +1,164 @@
+"""What an integrator's checkout needs beyond the seed lifecycle: Stripe's test cards and
+their decline codes, a cancel that says a refund is due or refunds in the same call, no holds
+on a departed flight, and a stable code on every error; through the HTTP API."""
+
+from __future__ import annotations
+
+import pytest
+
+from holdsvc.settings import Settings
+from tests.helpers import Client, hold, new_flight, seat_map
+from tests.sql import query
+
+
+@pytest.mark.parametrize(
+    ("method", "decline"),
+    [
+        ("pm_card_chargeDeclined", "card_declined"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+        ("pm_card_chargeDeclinedExpiredCard", "expired_card"),
+    ],
+)
+async def test_a_declined_card_says_why_and_frees_the_seats(
+    client: Client, method: str, decline: str
+) -> None:
+    fid = (await new_flight(client))["id"]
+    held = await hold(client, fid, ["1A"])
+    resp = await client.post(f"/api/bookings/{held['id']}/pay/", json={"payment_method": method})
+    assert resp.status == 402
+    body = await resp.json()
+    assert body["code"] == "payment_declined" and body["decline_code"] == decline
+    assert body["state"] == "CANCELLED" and body["message"] == "Payment failed"
+    assert decline in body["error"]
+    assert (await seat_map(client, fid))["1A"] == "available"
+    # A replay of the keyed pay says the same.
+    again = await hold(client, fid, ["1B"])
+    path = f"/api/bookings/{again['id']}/pay/"
+    first = await client.post(
+        path, json={"payment_method": method}, headers={"Idempotency-Key": "d1"}
+    )
+    replay = await client.post(
+        path, json={"payment_method": method}, headers={"Idempotency-Key": "d1"}
+    )
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert await replay.json() == await first.json()
+
+
+@pytest.mark.parametrize("method", ["pm_card_visa", "pm_card_mastercard"])
+async def test_the_test_cards_that_succeed(client: Client, method: str) -> None:
+    fid = (await new_flight(client))["id"]
+    held = await hold(client, fid, ["1A"])
+    resp = await client.post(f"/api/bookings/{held['id']}/pay/", json={"payment_method": method})
+    assert resp.status == 200
+    assert (await resp.json())["state"] == "CONFIRMED"
+
+
+async def test_an_unknown_payment_method_is_refused_before_anything_moves(
+    client: Client, settings: Settings
+) -> None:
+    fid = (await new_flight(client))["id"]
+    held = await hold(client, fid, ["1A"])
+    resp = await client.post(
+        f"/api/bookings/{held['id']}/pay/", json={"payment_method": "pm_bogus"}
+    )
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["code"] == "unknown_payment_method" and "pm_card_visa" in body["known"]
+    assert body["errors"][0]["field"] == "$.payment_method"
+    after = await (await client.get(f"/api/bookings/{held['id']}/")).json()
+    assert after["state"] == "SEAT_HELD" and after["payment"] is None
+    assert (await seat_map(client, fid))["1A"] == "held"
+
+
+async def test_cancelling_a_paid_booking_says_its_refund_is_due(client: Client) -> None:
+    fid = (await new_flight(client))["id"]
+    held = await hold(client, fid, ["1A"])
+    assert (await client.post(f"/api/bookings/{held['id']}/pay/")).status == 200
+    resp = await client.post(f"/api/bookings/{held['id']}/cancel/")
+    body = await resp.json()
+    assert resp.status == 200 and body["state"] == "CANCELLED" and body["refund"] == "due"
+    refunded = await (await client.post(f"/api/bookings/{held['id']}/refund/")).json()
+    assert refunded["state"] == "REFUNDED" and "refund" not in refunded
+    # A hold that took no money has nothing due.
+    other = await hold(client, fid, ["1B"])
+    body = await (await client.post(f"/api/bookings/{other['id']}/cancel/")).json()
+    assert body["state"] == "CANCELLED" and "refund" not in body
+
+
+async def test_cancel_with_refund_ends_refunded_in_one_idempotent_call(
+    client: Client, settings: Settings
+) -> None:
+    fid = (await new_flight(client))["id"]
+    held = await hold(client, fid, ["1A", "1B"])
+    assert (await client.post(f"/api/bookings/{held['id']}/pay/")).status == 200
+    path = f"/api/bookings/{held['id']}/cancel/"
+    key = {"Idempotency-Key": "cancel-refund-1"}
+    first = await client.post(path, json={"refund": True}, headers=key)
+    body = await first.json()
+    assert first.status == 200, body
+    assert body["state"] == "REFUNDED" and body["payment"]["status"] == "refunded"
+    replay = await client.post(path, json={"refund": True}, headers=key)
+    assert replay.headers["Idempotent-Replayed"] == "true" and await replay.json() == body
+    assert (await seat_map(client, fid))["1A"] == "available"
+    # Refunded once: a second cancel-and-refund with another key is refused.
+    again = await client.post(path, json={"refund": True}, headers={"Idempotency-Key": "k2"})
+    assert again.status == 409
+    assert (await again.json())["code"] == "invalid_transition"
+    # A hold cancelled with refund asked for, but no money taken, is just cancelled.
+    other = await hold(client, fid, ["2A"])
+    body = await (await client.post(f"/api/bookings/{other['id']}/cancel/",
+                                    json={"refund": True})).json()  # fmt: skip
+    assert body["state"] == "CANCELLED"
+
+
+async def test_a_departed_flight_takes_no_holds(client: Client) -> None:
+    fid = (await new_flight(client, departure_time="2020-01-01T09:30:00Z"))["id"]
+    resp = await client.post(
+        "/api/bookings/", json={"flight_id": fid, "user_id": "u", "seats": ["1A"]}
+    )
+    assert resp.status == 409
+    body = await resp.json()
+    assert body["code"] == "flight_departed" and body["departure_time"] == "2020-01-01T09:30:00Z"
+    best = await client.post(
+        "/api/bookings/", json={"flight_id": fid, "user_id": "u", "seat_count": 1}
+    )
+    assert best.status == 409
+    assert set((await seat_map(client, fid)).values()) == {"available"}
+
+
+async def test_every_refusal_carries_a_stable_code(client: Client, settings: Settings) -> None:
+    fid = (await new_flight(client))["id"]
+    held = await hold(client, fid, ["1A"])
+    cases = [
+        (
+            client.post("/api/bookings/", json={"flight_id": fid, "user_id": "u", "seats": ["1A"]}),
+            409,
+            "seats_not_available",
+        ),
+        (client.post(f"/api/bookings/{held['id']}/refund/"), 409, "invalid_transition"),
+        (client.get("/api/bookings/nope/"), 404, "not_found"),
+        (client.get("/api/flights/999999/"), 404, "not_found"),
+        (client.post("/api/flights/", json={}), 400, "validation_error"),
+        (
+            client.post("/api/flights/", data=b"{", headers={"Content-Type": "application/json"}),
+            400,
+            "validation_error",
+        ),
+        (
+            client.post("/api/flights/", data=b"{}", headers={"Content-Type": "text/plain"}),
+            415,
+            "unsupported_media_type",
+        ),
+        (client.delete("/api/flights/"), 405, "method_not_allowed"),
+        (client.get("/api/nowhere"), 404, "not_found"),
+    ]
+    for request, status, code in cases:
+        resp = await request
+        body = await resp.json()
+        assert (resp.status, body["code"]) == (status, code), body
+        assert isinstance(body["error"], str) and body["error"]
+    transition = await (await client.post(f"/api/bookings/{held['id']}/refund/")).json()
+    assert transition["from"] == "SEAT_HELD" and transition["to"] == "REFUNDED"
+    assert transition["error"] == "Invalid state transition from SEAT_HELD to REFUNDED"
+    # None of the refusals wrote a booking (the one hold lives in Redis only).
+    assert query(settings.db_target, "SELECT count(*) FROM bookings") == [(0,)]
