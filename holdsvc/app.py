@@ -247,6 +247,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         holds = HoldStore(redis, scripts, fast, settings.seat_stream_length)
         if settings.redis_cluster:
             await holds.load_everywhere()
+        await holds.sync_clock()
         app[k.HOLDS] = holds
         app[k.METRICS].watch_redis_client(lambda: holds.connects)
         try:

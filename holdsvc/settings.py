@@ -64,6 +64,10 @@ class Settings:
     # an answer kept (a 5xx), or whose process died, leaves its key retryable within this.
     takeover_after: float = 1.5
     max_seats_per_booking: int = 10
+    # A hold's longest life, from its creation, however often it is extended, and the most
+    # extensions it may have (pretix's bug #1575 let a hold renew forever).
+    max_hold: float = 1800.0
+    max_extensions: int = 5
     # Entries each flight's seat stream keeps, about (what a client reconnecting with
     # Last-Event-ID can still be replayed; older positions get a fresh snapshot). Each entry
     # is one hold's, confirm's or release's seats, about 22 bytes (216 kB a flight at 10,000,
@@ -141,6 +145,10 @@ class Settings:
         return self.data_dir / "mock-gateway.sqlite3"
 
     # Settings are given in seconds; Redis, SQL and the scripts count milliseconds.
+    @property
+    def max_hold_ms(self) -> int:
+        return ms(self.max_hold)
+
     @property
     def hold_ttl_ms(self) -> int:
         return max(1, ms(self.hold_ttl))
@@ -227,6 +235,10 @@ class Settings:
             raise ValueError(f"HOLDSVC_FAULT must be one of {', '.join(POINTS)}")
         if not 1 <= self.max_seats_per_booking <= 100:
             raise ValueError("max-seats-per-booking must be 1..100")
+        if self.max_hold < self.hold_ttl:
+            raise ValueError("max-hold must be at least hold-ttl")
+        if not 0 <= self.max_extensions <= 1000:
+            raise ValueError("max-extensions must be 0..1000")
         if not 0 <= self.seat_stream_length <= 10_000_000:
             raise ValueError("seat-stream-length must be 0 (off) to 10000000 entries")
         if not 0.05 <= self.sse_keepalive <= 300:
@@ -255,6 +267,8 @@ _CONVERTERS: dict[str, Any] = {
     "takeover_after": float,
     "max_seats_per_booking": int,
     "seat_stream_length": int,
+    "max_hold": float,
+    "max_extensions": int,
     "sse_keepalive": float,
     "persister_enabled": _parse_bool,
     "redis_cluster": _parse_bool,
@@ -403,6 +417,10 @@ def _service(cmd: argparse.ArgumentParser) -> None:
         "--gateway-timeout", type=float, help="seconds a gateway call may take (default 30)"
     )
     cmd.add_argument("--max-seats-per-booking", type=int, help="default 10")
+    cmd.add_argument(
+        "--max-hold", type=float, help="seconds a hold may last in all, extended (1800)"
+    )
+    cmd.add_argument("--max-extensions", type=int, help="extensions a hold may have (5)")
     cmd.add_argument(
         "--seat-stream-length",
         type=int,

@@ -4,7 +4,7 @@
 -- ARGV[4] amount, ARGV[5] currency.
 --
 -- A booking's record is the field <booking id> of the flight's hash {f:<flight>}:b: its
--- created (ms), first deadline (ms), seats ("1A,1B"), amount, currency and who, joined by
+-- created (ms), deadline (ms; extend_hold.lua moves it), seats ("1A,1B"), amount, currency and who, joined by
 -- \31 (who last, so it reads back whole). It has no TTL: it is deleted only
 -- once the booking is in SQL (confirm_seats, release_seats and the expiry path run after the
 -- booking's row is committed), so a lapsed hold's record is there for the expiry to write.

@@ -30,7 +30,7 @@ for i = 4, #KEYS do
   end
 end
 if held == 0 then
-  rcall('HDEL', KEYS[2], bid)
+  rcall('HDEL', KEYS[2], bid, 'x:' .. bid)
   return 2
 end
 
@@ -41,5 +41,5 @@ for i = 4, #KEYS do
 end
 announce(KEYS[3], tonumber(ARGV[2]), names, 'b')
 rcall('ZREM', KEYS[1], bid)
-rcall('HDEL', KEYS[2], bid)
+rcall('HDEL', KEYS[2], bid, 'x:' .. bid)
 return 1

@@ -26,10 +26,14 @@ for i = k + 3, #ARGV do
   if rcall('EXISTS', prefix .. ARGV[i]) == 0 then gone[#gone + 1] = ARGV[i] end
 end
 if k > 0 then
-  local ids = {}
-  for i = 1, k do ids[i] = ARGV[i + 2] end
+  local ids, fields = {}, {}
+  for i = 1, k do
+    ids[i] = ARGV[i + 2]
+    fields[#fields + 1] = ids[i]
+    fields[#fields + 1] = 'x:' .. ids[i]  -- its extension count (extend_hold.lua)
+  end
   rcall('ZREM', KEYS[1], unpack(ids))
-  rcall('HDEL', KEYS[6], unpack(ids))
+  rcall('HDEL', KEYS[6], unpack(fields))
 end
 index_mark(KEYS[2], KEYS[3], KEYS[4], KEYS[5], gone, 0)
 announce(KEYS[7], tonumber(ARGV[2]), gone, 'a')

@@ -30,7 +30,7 @@ for i = 8, #KEYS do
   end
 end
 rcall('ZREM', KEYS[1], bid)
-rcall('HDEL', KEYS[2], bid)
+rcall('HDEL', KEYS[2], bid, 'x:' .. bid)
 index_mark(KEYS[3], KEYS[4], KEYS[5], KEYS[6], names, 0)
 announce(KEYS[7], tonumber(ARGV[2]), names, 'a')
 return freed

@@ -98,7 +98,7 @@ async def _request(
 ) -> aiohttp.ClientResponse:
     headers = bearer(secret)
     booking = ""
-    if handler in ("get_booking", "pay_booking", "cancel_booking"):
+    if handler in ("get_booking", "pay_booking", "cancel_booking", "extend_booking"):
         booking = await _hold(client, seats)
     elif handler == "refund_booking":
         booking = await _hold(client, seats)
@@ -119,6 +119,7 @@ async def _request(
         "get_booking": f"/api/bookings/{booking}/",
         "pay_booking": f"/api/bookings/{booking}/pay/",
         "cancel_booking": f"/api/bookings/{booking}/cancel/",
+        "extend_booking": f"/api/bookings/{booking}/extend/",
         "refund_booking": f"/api/bookings/{booking}/refund/",
         "healthz": "/healthz",
         "readyz": "/readyz",
@@ -134,7 +135,7 @@ ALLOWED = {
     "create_flight": 201, "list_flights": 200, "get_flight": 200, "flight_seats": 200,
     "flight_seat_events": 200,
     "create_booking": 201, "get_booking": 200, "pay_booking": 200, "cancel_booking": 200,
-    "refund_booking": 200, "healthz": 200, "readyz": 200, "livez": 200,
+    "refund_booking": 200, "extend_booking": 200, "healthz": 200, "readyz": 200, "livez": 200,
 }  # fmt: skip
 OPEN_TO_ALL = {"healthz", "readyz", "livez"}
 ADMIN_ONLY = {"create_flight"}

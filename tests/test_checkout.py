@@ -4,11 +4,19 @@ on a departed flight, and a stable code on every error; through the HTTP API."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
 import pytest
+from redis.asyncio import Redis
 
 from holdsvc.settings import Settings
-from tests.helpers import Client, hold, new_flight, seat_map
+from tests.helpers import Client, eventually, hold, new_flight, seat_map
 from tests.sql import query
+
+MakeClient = Callable[[Settings], Awaitable[Client]]
 
 
 @pytest.mark.parametrize(
@@ -162,3 +170,86 @@ async def test_every_refusal_carries_a_stable_code(client: Client, settings: Set
     assert transition["error"] == "Invalid state transition from SEAT_HELD to REFUNDED"
     # None of the refusals wrote a booking (the one hold lives in Redis only).
     assert query(settings.db_target, "SELECT count(*) FROM bookings") == [(0,)]
+
+
+async def extend(client: Client, booking_id: str, seconds: int | None = None) -> Any:
+    body = {} if seconds is None else {"seconds": seconds}
+    resp = await client.post(f"/api/bookings/{booking_id}/extend/", json=body)
+    return resp.status, await resp.json()
+
+
+async def test_extending_a_hold_moves_its_seats_index_and_record_together(
+    make_client: MakeClient, settings: Settings, redis: Redis
+) -> None:
+    client = await make_client(settings.replace(hold_ttl=60))
+    fid = (await new_flight(client))["id"]
+    held = await hold(client, fid, ["1A", "1B"])
+    assert 55 <= held["expires_in_seconds"] <= 60
+    before = datetime.fromisoformat(held["hold_expires_at"].replace("Z", "+00:00"))
+    status, body = await extend(client, held["id"], 120)
+    assert status == 200, body
+    after = datetime.fromisoformat(body["hold_expires_at"].replace("Z", "+00:00"))
+    assert (after - before).total_seconds() == 120
+    assert 175 <= body["expires_in_seconds"] <= 180 and body["state"] == "SEAT_HELD"
+    # The seats' TTL, the deadline index and the record all say the new deadline.
+    deadline_ms = int(after.timestamp() * 1000)
+    for seat in ("1A", "1B"):
+        assert await redis.pexpiretime(f"{{f:{fid}}}:{seat}") == deadline_ms
+    assert await redis.zscore(f"{{f:{fid}}}:d", held["id"]) == deadline_ms
+    got = await (await client.get(f"/api/bookings/{held['id']}/")).json()
+    assert got["hold_expires_at"] == body["hold_expires_at"]
+    # No body: the hold time again.
+    status, again = await extend(client, held["id"])
+    assert status == 200
+    assert 235 <= again["expires_in_seconds"] <= 240
+    # Paid, it is no longer a hold to extend; the extension count left with the record.
+    assert (await client.post(f"/api/bookings/{held['id']}/pay/")).status == 200
+    status, body = await extend(client, held["id"])
+    assert status == 409 and body["code"] == "invalid_transition"
+    assert body["from"] == "CONFIRMED" and body["to"] == "SEAT_HELD"
+    assert await redis.hget(f"{{f:{fid}}}:b", f"x:{held['id']}") is None
+
+
+async def test_an_extension_past_either_cap_is_refused_whole(
+    make_client: MakeClient, settings: Settings, redis: Redis
+) -> None:
+    client = await make_client(settings.replace(hold_ttl=60, max_hold=200, max_extensions=2))
+    fid = (await new_flight(client))["id"]
+    held = await hold(client, fid, ["1A"])
+    created = datetime.fromisoformat(held["created_at"].replace("Z", "+00:00"))
+    status, body = await extend(client, held["id"], 200)  # would end at about 260 s
+    assert status == 409 and body["code"] == "hold_extension_limit"
+    latest = datetime.fromisoformat(body["max_hold_expires_at"].replace("Z", "+00:00"))
+    assert abs((latest - created).total_seconds() - 200) < 0.01
+    got = await (await client.get(f"/api/bookings/{held['id']}/")).json()
+    assert got["hold_expires_at"] == held["hold_expires_at"]  # not shortened to fit: unchanged
+    assert (await extend(client, held["id"], 30))[0] == 200
+    assert (await extend(client, held["id"], 30))[0] == 200
+    status, body = await extend(client, held["id"], 10)
+    assert status == 409 and body["code"] == "hold_extension_limit"
+    assert body["max_extensions"] == 2
+    # Released: the record and its count are gone, and so is the hold to extend.
+    assert (await client.post(f"/api/bookings/{held['id']}/cancel/")).status == 200
+    assert await redis.hget(f"{{f:{fid}}}:b", f"x:{held['id']}") is None
+    status, body = await extend(client, held["id"])
+    assert status == 409 and body["from"] == "CANCELLED"
+
+
+async def test_an_extended_hold_lapses_at_its_new_deadline_not_its_first(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    client = await make_client(settings.replace(hold_ttl=1.0))
+    fid = (await new_flight(client))["id"]
+    held = await hold(client, fid, ["1A"])
+    assert (await extend(client, held["id"], 2))[0] == 200
+    await asyncio.sleep(1.6)  # past the first deadline, the sweeper has run since
+    got = await (await client.get(f"/api/bookings/{held['id']}/")).json()
+    assert got["state"] == "SEAT_HELD" and (await seat_map(client, fid))["1A"] == "held"
+
+    async def expired() -> bool:
+        body = await (await client.get(f"/api/bookings/{held['id']}/")).json()
+        return bool(body["state"] == "EXPIRED")
+
+    await eventually(expired, timeout=5, interval=0.1)
+    assert (await seat_map(client, fid))["1A"] == "available"
+    assert (await extend(client, held["id"]))[1]["from"] == "EXPIRED"

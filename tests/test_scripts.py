@@ -14,6 +14,8 @@ from holdsvc import EmbeddedRedis, Held, HoldStore, NotRestored, PipelinedRedis,
 from holdsvc.seats import keys as seat_keys
 from holdsvc.seats.holds import (
     Confirm,
+    Extended,
+    ExtensionRefused,
     HoldMeta,
     KeyClaim,
     KeyMismatch,
@@ -84,6 +86,16 @@ async def test_every_documented_reply_maps_to_its_result(
         [(last_id, last)] = newest
         assert snap.position == last_id.decode() and last == {b"s": b"1A,1B", b"t": b"b"}
         assert isinstance(await store.snapshot(fid + 1, 2, "AB"), NotRestored)  # {3}
+        # extend_hold: {1, deadline, now}, {2, latest}, {3, latest, n} and {0}.
+        long = await store.hold(fid, ["3B"], "b7", ttl, m)
+        assert isinstance(long, Held)
+        grown = await store.extend(fid, ["3B"], "b7", 1000, ttl + 1500, 1)
+        assert isinstance(grown, Extended) and grown.deadline_ms == long.deadline_ms + 1000
+        too_long = await store.extend(fid, ["3B"], "b7", 1000, ttl + 1500, 2)
+        assert too_long == ExtensionRefused(long.created_ms + ttl + 1500)
+        too_many = await store.extend(fid, ["3B"], "b7", 100, ttl + 1500, 1)
+        assert too_many == ExtensionRefused(long.created_ms + ttl + 1500, 1)
+        assert await store.extend(fid, ["3B"], "b2", 100, ttl + 1500, 5) is None
         assert await store.due(fid, 10) == []  # {} (nothing past its deadline)
         short = await store.hold(fid, ["3A"], "b5", 1, m)
         assert isinstance(short, Held)
@@ -127,6 +139,7 @@ OUT_OF_SET: dict[str, tuple[str, Callable[[HoldStore], Awaitable[object]]]] = {
     "index_seats": ("-1", lambda s: s.index(1, 2, "AB")),
     "free_lapsed": ("5", lambda s: s.forget(1, ["b"], ["1A"])),
     "seat_snapshot": ("{1, '0-0', 'aaa'}", lambda s: s.snapshot(1, 2, "AB")),
+    "extend_hold": ("{4}", lambda s: s.extend(1, ["1A"], "b", 1000, 10_000, 5)),
 }
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from redis.exceptions import RedisError
@@ -41,6 +43,7 @@ from holdsvc.domain.states import State, move, require
 from holdsvc.domain.store import BookingStore
 from holdsvc.metrics import Metrics
 from holdsvc.seats.holds import (
+    ExtensionRefused,
     Held,
     HoldMeta,
     HoldRecord,
@@ -185,6 +188,51 @@ class Bookings:
             raise RuntimeError(f"lapsed hold {booking_id} was not written to SQL")
         return booking
 
+    def redis_now_ms(self) -> float:
+        """Now by Redis's clock, the one that expires holds (as its scripts last read it)."""
+        return self._holds.redis_now_ms()
+
+    async def extend(
+        self, booking_id: str, seconds: float | None, actor: Principal = OPEN
+    ) -> BookingRecord:
+        """Move a held booking's deadline ``seconds`` (default: the hold time) past its
+        current one: its seats, deadline entry and record together, in one script that also
+        checks the caps (--max-hold from its creation, --max-extensions). A request past
+        either is refused whole."""
+        booking = await self.get(booking_id, actor)
+        if booking.state != State.SEAT_HELD.value:
+            raise InvalidTransition(booking.state, State.SEAT_HELD.value)
+        add_ms = round(seconds * 1000) if seconds is not None else self._settings.hold_ttl_ms
+        result = await self._holds.extend(
+            booking.flight_id,
+            booking.seats,
+            booking_id,
+            add_ms,
+            self._settings.max_hold_ms,
+            self._settings.max_extensions,
+        )
+        if result is None:
+            # Lapsed (its expiry not recorded yet), released, or paid meanwhile: as it is now.
+            state = (await self.get(booking_id, actor)).state
+            raise InvalidTransition(
+                State.EXPIRED.value if state == State.SEAT_HELD.value else state,
+                State.SEAT_HELD.value,
+            )
+        if isinstance(result, ExtensionRefused):
+            latest = _iso(result.max_deadline_ms)
+            if result.extensions is not None:
+                raise HoldExtensionLimit(
+                    f"This hold was extended {result.extensions} times, the most allowed",
+                    max_extensions=self._settings.max_extensions,
+                    max_hold_expires_at=latest,
+                )
+            raise HoldExtensionLimit(
+                "The extension would make the hold last longer than allowed",
+                max_hold_seconds=self._settings.max_hold,
+                max_hold_expires_at=latest,
+            )
+        return dataclasses.replace(booking, hold_expires_at=result.deadline_ms)
+
     async def record_lapsed(self, booking: BookingRecord, cause: str) -> None:
         """Record EXPIRED for a hold whose deadline passed: a compare-and-set from the state
         seen if SQL has the booking, else its row written from its Redis record; the record
@@ -324,6 +372,15 @@ class Bookings:
             key.note(moved)
         await self._holds.release(booking.flight_id, booking.seats, booking_id)
         return moved.record or await self.get(booking_id)
+
+
+class HoldExtensionLimit(Conflict):
+    code = "hold_extension_limit"
+
+
+def _iso(at_ms: int) -> str:
+    moment = datetime.fromtimestamp(at_ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def held_booking(record: HoldRecord) -> BookingRecord:

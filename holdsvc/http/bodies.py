@@ -72,6 +72,11 @@ class PayIn(msgspec.Struct, forbid_unknown_fields=True):
     payment_method: Annotated[str, Meta(pattern=_METHOD)] = DEFAULT_METHOD
 
 
+class ExtendIn(msgspec.Struct, forbid_unknown_fields=True):
+    # Seconds past the current deadline; none: the hold time (--hold-ttl).
+    seconds: Annotated[int, Meta(ge=1, le=86400)] | None = None
+
+
 class CancelIn(msgspec.Struct, forbid_unknown_fields=True):
     # Refund a captured payment in the same call (the booking ends REFUNDED).
     refund: bool = False

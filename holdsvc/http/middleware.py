@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from holdsvc.appkeys import HOLD_KEY, IDEMPOTENCY, KEY_REF, METRICS, REQUEST_ID
+from holdsvc.appkeys import BOOKINGS, HOLD_KEY, IDEMPOTENCY, KEY_REF, METRICS, REQUEST_ID
 from holdsvc.domain.access import Principal
 from holdsvc.domain.bookings import REPLAYED_HEADER, HoldKey
 from holdsvc.domain.errors import Conflict, IdempotencyMismatch, Unavailable, ValidationError
@@ -155,7 +155,9 @@ async def _run_claimed(
     if claim.claim is Claim.REPLAY:
         if claim.outcome is not None:
             assert claim.record is not None
-            replay = stored_outcome(claim.outcome, claim.record)
+            replay = stored_outcome(
+                claim.outcome, claim.record, request.app[BOOKINGS].redis_now_ms()
+            )
         else:
             assert claim.status is not None and claim.body is not None
             replay = web.Response(

@@ -28,7 +28,7 @@ from holdsvc.domain.payments import DECLINED as PAY_DECLINED
 from holdsvc.domain.payments import REFUNDED, PayOutcome
 from holdsvc.http import bodies, schemas
 from holdsvc.http.auth import principal_of, requires
-from holdsvc.http.bodies import CancelIn, EmptyIn, FlightIn, HoldIn, PayIn
+from holdsvc.http.bodies import CancelIn, EmptyIn, ExtendIn, FlightIn, HoldIn, PayIn
 from holdsvc.http.events import stream_seats
 from holdsvc.http.views import (
     booking_action,
@@ -45,6 +45,11 @@ async def _body(request: web.Request) -> tuple[bytes, str]:
     # The raw header, not request.content_type: parsing it showed in the hold path's
     # profile, and bodies.decode reads the media type out of it only when it is unusual.
     return await request.read(), request.headers.get(hdrs.CONTENT_TYPE, "")
+
+
+def _now(request: web.Request) -> float:
+    """Now by Redis's clock (expires_in_seconds is counted by the clock that expires)."""
+    return request.app[BOOKINGS].redis_now_ms()
 
 
 def _flight_id(request: web.Request) -> int:
@@ -97,7 +102,7 @@ async def create_booking(request: web.Request) -> web.Response:
     body = bodies.decode(*await _body(request), HoldIn)
     hold = bodies.hold_from(body, request.app[SETTINGS].max_seats_per_booking)
     answer = await request.app[BOOKINGS].hold(hold, request.get(HOLD_KEY), principal_of(request))
-    response = json_response(booking_view(answer.booking), 201)
+    response = json_response(booking_view(answer.booking, _now(request)), 201)
     if answer.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return response
@@ -108,7 +113,7 @@ async def get_booking(request: web.Request) -> web.Response:
     booking = await request.app[BOOKINGS].get(
         request.match_info["booking_id"], principal_of(request)
     )
-    return json_response(booking_view(booking))
+    return json_response(booking_view(booking, _now(request)))
 
 
 @requires(Action.ACT_ON_BOOKING)
@@ -121,8 +126,17 @@ async def pay_booking(request: web.Request) -> web.Response:
         principal_of(request),
     )
     return booking_action(
-        PAY_DECLINED if outcome is PayOutcome.DECLINED else PAY_CONFIRMED, booking
+        PAY_DECLINED if outcome is PayOutcome.DECLINED else PAY_CONFIRMED, booking, _now(request)
     )
+
+
+@requires(Action.ACT_ON_BOOKING)
+async def extend_booking(request: web.Request) -> web.Response:
+    body = bodies.decode(*await _body(request), ExtendIn, optional=True)
+    booking = await request.app[BOOKINGS].extend(
+        request.match_info["booking_id"], body.seconds, principal_of(request)
+    )
+    return json_response(booking_view(booking, _now(request)))
 
 
 @requires(Action.ACT_ON_BOOKING)
@@ -131,7 +145,7 @@ async def cancel_booking(request: web.Request) -> web.Response:
     outcome, booking = await request.app[PAYMENTS].cancel(
         request.match_info["booking_id"], body.refund, request.get(KEY_REF), principal_of(request)
     )
-    return booking_action(outcome, booking)
+    return booking_action(outcome, booking, _now(request))
 
 
 @requires(Action.ACT_ON_BOOKING)
@@ -140,7 +154,7 @@ async def refund_booking(request: web.Request) -> web.Response:
     booking = await request.app[PAYMENTS].refund(
         request.match_info["booking_id"], request.get(KEY_REF), principal_of(request)
     )
-    return booking_action(REFUNDED, booking)
+    return booking_action(REFUNDED, booking, _now(request))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -223,6 +237,14 @@ ENDPOINTS = [
              answers={200: (schemas.BookingAction, "Payment successful: CONFIRMED"),
                       402: (schemas.PaymentDeclined, "Payment failed: CANCELLED, seats freed"),
                       **_BOOKING_ERRORS}),
+    Endpoint("POST", "/api/bookings/{booking_id}/extend/", extend_booking,
+             "Extend a SEAT_HELD hold: its deadline moves `seconds` (default the hold time)"
+             " past the current one, within --max-hold and --max-extensions",
+             ExtendIn, body_optional=True,
+             answers={200: (schemas.Booking, "The hold, with its new hold_expires_at"),
+                      404: (schemas.Error, "Booking not found"),
+                      409: (schemas.Error, "hold_extension_limit (max_hold_expires_at), or"
+                                           " invalid_transition: not SEAT_HELD")}),
     Endpoint("POST", "/api/bookings/{booking_id}/cancel/", cancel_booking,
              "Cancel a held or confirmed booking; its seats are freed. With"
              " {\"refund\": true}, a captured payment is refunded in the same call", CancelIn,

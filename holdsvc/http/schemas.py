@@ -69,6 +69,8 @@ class Booking(msgspec.Struct):
     amount: str
     currency: str
     hold_expires_at: str | None
+    # Seconds the hold has left by Redis's clock (the one that expires it); null unless held.
+    expires_in_seconds: int | None
     created_at: str
     updated_at: str
     payment: Payment | None

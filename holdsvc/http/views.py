@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,7 +49,9 @@ def iso_ms(ms: int) -> str:
     return f"{_iso_second(second)}.{milli:03d}Z"
 
 
-def booking_view(b: BookingRecord) -> dict[str, Any]:
+def booking_view(b: BookingRecord, now_ms: float | None = None) -> dict[str, Any]:
+    """``now_ms`` is Redis's clock, the one that expires holds (this machine's when not
+    given): ``expires_in_seconds`` is counted by it, so a client need not trust its own."""
     payment = None
     if b.payment is not None:
         payment = {
@@ -66,10 +69,18 @@ def booking_view(b: BookingRecord) -> dict[str, Any]:
         "currency": b.currency,
         # Only a live hold has a deadline worth showing.
         "hold_expires_at": iso_ms(b.hold_expires_at) if b.state in HOLDING else None,
+        "expires_in_seconds": _left(b, now_ms),
         "created_at": iso_ms(b.created_at),
         "updated_at": iso_ms(b.updated_at),
         "payment": payment,
     }
+
+
+def _left(b: BookingRecord, now_ms: float | None) -> int | None:
+    if b.state not in HOLDING or b.hold_expires_at is None:
+        return None
+    now = time.time() * 1000 if now_ms is None else now_ms
+    return max(0, int((b.hold_expires_at - now) // 1000))
 
 
 # What a keyed request's stored outcome answers: the same status and message whether it is
@@ -82,9 +93,9 @@ _OUTCOMES: dict[str, tuple[int, str]] = {
 }
 
 
-def booking_action(outcome: str, booking: BookingRecord) -> web.Response:
+def booking_action(outcome: str, booking: BookingRecord, now_ms: float) -> web.Response:
     status, message = _OUTCOMES[outcome]
-    body = {"message": message, **booking_view(booking)}
+    body = {"message": message, **booking_view(booking, now_ms)}
     payment = booking.payment
     if outcome == PAY_DECLINED:
         # An error answer like every other (error, code), with the gateway's reason.
@@ -101,14 +112,14 @@ def new_flight_response(flight: Flight) -> web.Response:
     return json_response(flight_view(flight, len(flight.seats)), 201)
 
 
-def stored_outcome(outcome: str, record: bytes) -> web.Response:
+def stored_outcome(outcome: str, record: bytes, now_ms: float) -> web.Response:
     """The answer an outcome stored with its effect stands for, from that commit's record."""
     data = orjson.loads(record)
     if outcome == FLIGHT_CREATED:
         return new_flight_response(Flight.of(FlightRecord(**data)))
     payment = data.pop("payment")
     booking = BookingRecord(**data, payment=PaymentRecord(**payment) if payment else None)
-    return booking_action(outcome, booking)
+    return booking_action(outcome, booking, now_ms)
 
 
 def flight_view(f: Flight, available: int | None) -> dict[str, Any]:

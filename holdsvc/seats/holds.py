@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -111,6 +112,20 @@ class NotRestored:
 
 
 @dataclass(frozen=True, slots=True)
+class Extended:
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionRefused:
+    """Nothing changed: the extension would pass the hold's longest life (``extensions`` is
+    None), or the hold has had the most extensions allowed."""
+
+    max_deadline_ms: int
+    extensions: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """A flight's seats at one position of its seat stream (lua/seat_snapshot.lua)."""
 
@@ -145,6 +160,7 @@ class HoldStore:
         self.redis = redis
         # Entries each flight's seat stream keeps, about (lua/_stream.lua); 0: no stream.
         self.stream_length = stream_length
+        self.clock_offset_ms = 0.0
         self._s = scripts
         self._fast = fast
         if isinstance(fast, ClusterPipelinedRedis):
@@ -239,6 +255,7 @@ class HoldStore:
         )
         match reply:
             case [1, int(deadline), int(created)]:
+                self.saw_clock(created)
                 return Held(seats, deadline, created)
             case [2, *positions] if positions:
                 return Taken([seats[int(p) - 1] for p in positions])
@@ -272,6 +289,7 @@ class HoldStore:
         )
         match reply:
             case [1, int(deadline), int(created), *names] if len(names) == count:
+                self.saw_clock(created)
                 return Held([n.decode() for n in names], deadline, created)
             case [2, int(free)]:
                 return NotEnough(free)
@@ -375,6 +393,48 @@ class HoldStore:
         )
         if not (isinstance(reply, int) and 0 <= reply <= len(seats)):
             raise UnknownScriptReply("free_lapsed", reply)
+
+    async def extend(
+        self,
+        flight_id: int,
+        seats: Sequence[str],
+        booking_id: str,
+        add_ms: int,
+        max_hold_ms: int,
+        max_extensions: int,
+    ) -> Extended | ExtensionRefused | None:
+        """Move a held booking's deadline ``add_ms`` later (lua/extend_hold.lua); None when
+        the booking holds its seats no more."""
+        reply = await self._eval(
+            self._s.extend_hold,
+            [keys.deadlines(flight_id), keys.records(flight_id), *keys.seats(flight_id, seats)],
+            [booking_id, add_ms, max_hold_ms, max_extensions],
+        )
+        match reply:
+            case [1, int(deadline), int(now)]:
+                self.saw_clock(now)
+                return Extended(deadline)
+            case [0]:
+                return None
+            case [2, int(latest)]:
+                return ExtensionRefused(latest)
+            case [3, int(latest), int(count)]:
+                return ExtensionRefused(latest, count)
+        raise UnknownScriptReply("extend_hold", reply)
+
+    async def sync_clock(self) -> None:
+        seconds, micros = await self._fast.execute("TIME")
+        self.saw_clock(int(seconds) * 1000 + int(micros) // 1000)
+
+    def saw_clock(self, redis_ms: int) -> None:
+        """Redis's clock, as a script just read it: kept as an offset from this process's,
+        so a view can say how long a hold has left by the clock that expires it."""
+        self.clock_offset_ms = redis_ms - time.time() * 1000
+
+    def redis_now_ms(self) -> float:
+        """Now by Redis's clock, as last seen (this process's clock before any script ran).
+        Low by up to a reply's latency, so a hold's time left reads high by that much."""
+        return time.time() * 1000 + self.clock_offset_ms
 
     async def snapshot(self, flight_id: int, rows: int, letters: str) -> Snapshot | NotRestored:
         """Every seat's status and the seat-stream position they are true at, atomically."""

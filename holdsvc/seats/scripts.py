@@ -44,6 +44,7 @@ NAMES = (
     "index_seats",
     "free_lapsed",
     "seat_snapshot",
+    "extend_hold",
 )
 
 
@@ -70,6 +71,7 @@ class Scripts:
     index_seats: AsyncScript
     free_lapsed: AsyncScript
     seat_snapshot: AsyncScript
+    extend_hold: AsyncScript
 
     def all(self) -> list[AsyncScript]:
         return [getattr(self, f.name) for f in dataclasses.fields(self)]
