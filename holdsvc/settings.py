@@ -67,6 +67,10 @@ class Settings:
     # A hold's longest life, from its creation, however often it is extended, and the most
     # extensions it may have (pretix's bug #1575 let a hold renew forever).
     max_hold: float = 1800.0
+    # Hold attempts a second per client (its API key, or its address without keys), a token
+    # bucket in Redis so it holds across processes; over it, 429 with Retry-After. 0: off,
+    # so benchmarks and tests are never throttled by surprise.
+    hold_rate: float = 0.0
     max_extensions: int = 5
     # Entries each flight's seat stream keeps, about (what a client reconnecting with
     # Last-Event-ID can still be replayed; older positions get a fresh snapshot). Each entry
@@ -237,6 +241,8 @@ class Settings:
             raise ValueError("max-seats-per-booking must be 1..100")
         if self.max_hold < self.hold_ttl:
             raise ValueError("max-hold must be at least hold-ttl")
+        if self.hold_rate < 0:
+            raise ValueError("hold-rate must not be negative (0: off)")
         if not 0 <= self.max_extensions <= 1000:
             raise ValueError("max-extensions must be 0..1000")
         if not 0 <= self.seat_stream_length <= 10_000_000:
@@ -269,6 +275,7 @@ _CONVERTERS: dict[str, Any] = {
     "seat_stream_length": int,
     "max_hold": float,
     "max_extensions": int,
+    "hold_rate": float,
     "sse_keepalive": float,
     "persister_enabled": _parse_bool,
     "redis_cluster": _parse_bool,
@@ -421,6 +428,11 @@ def _service(cmd: argparse.ArgumentParser) -> None:
         "--max-hold", type=float, help="seconds a hold may last in all, extended (1800)"
     )
     cmd.add_argument("--max-extensions", type=int, help="extensions a hold may have (5)")
+    cmd.add_argument(
+        "--hold-rate",
+        type=float,
+        help="hold attempts a second per client before 429 (default 0: no limit)",
+    )
     cmd.add_argument(
         "--seat-stream-length",
         type=int,

@@ -253,3 +253,30 @@ async def test_an_extended_hold_lapses_at_its_new_deadline_not_its_first(
     await eventually(expired, timeout=5, interval=0.1)
     assert (await seat_map(client, fid))["1A"] == "available"
     assert (await extend(client, held["id"]))[1]["from"] == "EXPIRED"
+
+
+async def test_hold_attempts_over_the_rate_answer_429_across_processes(
+    make_client: MakeClient, settings: Settings
+) -> None:
+    limited = settings.replace(hold_rate=4)
+    one, two = await make_client(limited), await make_client(limited)
+    fid = (await new_flight(one))["id"]
+    statuses = []
+    for n in range(8):  # both services share the client's bucket in Redis
+        client = one if n % 2 else two
+        resp = await client.post(
+            "/api/bookings/",
+            json={"flight_id": fid, "user_id": "u", "seats": [f"{n % 2 + 1}{'ABCDE'[n // 2]}"]},
+        )
+        statuses.append(resp.status)
+        if resp.status == 429:
+            body = await resp.json()
+            assert body["code"] == "rate_limited" and body["limit_per_s"] == 4
+            assert int(resp.headers["Retry-After"]) >= 1
+    assert statuses[:4] == [201] * 4 and set(statuses[4:]) == {429}, statuses
+    # A token comes back every quarter second.
+    await asyncio.sleep(0.3)
+    resp = await one.post(
+        "/api/bookings/", json={"flight_id": fid, "user_id": "u", "seat_count": 1}
+    )
+    assert resp.status == 201

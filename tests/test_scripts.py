@@ -96,6 +96,10 @@ async def test_every_documented_reply_maps_to_its_result(
         too_many = await store.extend(fid, ["3B"], "b7", 100, ttl + 1500, 1)
         assert too_many == ExtensionRefused(long.created_ms + ttl + 1500, 1)
         assert await store.extend(fid, ["3B"], "b2", 100, ttl + 1500, 5) is None
+        # rate_limit: {1} a token taken, then {0, wait_ms} with the bucket empty.
+        assert await store.take_token("c1", 2, 1) is None
+        wait = await store.take_token("c1", 2, 1)
+        assert wait is not None and 0 < wait <= 500
         assert await store.due(fid, 10) == []  # {} (nothing past its deadline)
         short = await store.hold(fid, ["3A"], "b5", 1, m)
         assert isinstance(short, Held)
@@ -140,6 +144,7 @@ OUT_OF_SET: dict[str, tuple[str, Callable[[HoldStore], Awaitable[object]]]] = {
     "free_lapsed": ("5", lambda s: s.forget(1, ["b"], ["1A"])),
     "seat_snapshot": ("{1, '0-0', 'aaa'}", lambda s: s.snapshot(1, 2, "AB")),
     "extend_hold": ("{4}", lambda s: s.extend(1, ["1A"], "b", 1000, 10_000, 5)),
+    "rate_limit": ("{2}", lambda s: s.take_token("c", 1, 1)),
 }
 
 

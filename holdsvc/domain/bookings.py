@@ -31,6 +31,7 @@ from holdsvc.domain.errors import (
     IdempotencyMismatch,
     InvalidTransition,
     NotFound,
+    RateLimited,
     SeatsNotAvailable,
     Unavailable,
     ValidationError,
@@ -245,8 +246,24 @@ class Bookings:
         await self._holds.forget(booking.flight_id, [booking.id], booking.seats)
 
     async def hold(
-        self, req: HoldRequest, key: HoldKey | None = None, actor: Principal = OPEN
+        self,
+        req: HoldRequest,
+        key: HoldKey | None = None,
+        actor: Principal = OPEN,
+        client: str = "",
     ) -> HoldAnswer:
+        """``client`` names who asks, for --hold-rate: the API key, or the address."""
+        rate = self._settings.hold_rate
+        if rate > 0:
+            # A second round trip, only when the limit is on: the bucket is the client's,
+            # in its own slot, never a flight's.
+            wait_ms = await self._holds.take_token(client or actor.name, rate, max(1.0, rate))
+            if wait_ms is not None:
+                raise RateLimited(
+                    f"More than {rate:g} hold attempts a second; retry after the wait",
+                    retry_after_s=max(1, -(-wait_ms // 1000)),
+                    limit_per_s=rate,
+                )
         flight = self._flights.cached(req.flight_id) or await self._flights.get(req.flight_id)
         if time.time() * 1000 >= flight.departs_ms:
             raise Conflict(

@@ -102,6 +102,15 @@ class IdempotencyMismatch(DomainError):
     code = "idempotency_conflict"
 
 
+class RateLimited(DomainError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
 class Unavailable(DomainError):
     status = 503
     code = "unavailable"

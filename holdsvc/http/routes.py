@@ -101,7 +101,10 @@ async def flight_seat_events(request: web.Request) -> web.StreamResponse:
 async def create_booking(request: web.Request) -> web.Response:
     body = bodies.decode(*await _body(request), HoldIn)
     hold = bodies.hold_from(body, request.app[SETTINGS].max_seats_per_booking)
-    answer = await request.app[BOOKINGS].hold(hold, request.get(HOLD_KEY), principal_of(request))
+    principal = principal_of(request)
+    answer = await request.app[BOOKINGS].hold(
+        hold, request.get(HOLD_KEY), principal, principal.name or request.remote or ""
+    )
     response = json_response(booking_view(answer.booking, _now(request)), 201)
     if answer.replayed:
         response.headers[REPLAYED_HEADER] = "true"

@@ -422,6 +422,17 @@ class HoldStore:
                 return ExtensionRefused(latest, count)
         raise UnknownScriptReply("extend_hold", reply)
 
+    async def take_token(self, client: str, rate: float, burst: float) -> int | None:
+        """One token of the client's bucket (lua/rate_limit.lua): None when taken, else the
+        milliseconds until the next one."""
+        reply = await self._eval(self._s.rate_limit, [keys.rate_bucket(client)], [rate, burst])
+        match reply:
+            case [1]:
+                return None
+            case [0, int(wait_ms)]:
+                return wait_ms
+        raise UnknownScriptReply("rate_limit", reply)
+
     async def sync_clock(self) -> None:
         seconds, micros = await self._fast.execute("TIME")
         self.saw_clock(int(seconds) * 1000 + int(micros) // 1000)

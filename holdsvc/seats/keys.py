@@ -80,6 +80,11 @@ def stream(flight_id: int) -> str:
     return f"{{f:{flight_id}}}:{_STREAM}"
 
 
+def rate_bucket(client: str) -> str:
+    """A client's hold-rate bucket: its own hash tag, so each client's lives in one slot."""
+    return f"rl:{{{client}}}"
+
+
 def index(flight_id: int) -> list[str]:
     """The flight's free-seat index: bitmap, longest free run a row, free seats a row, layout."""
     return [f"{{f:{flight_id}}}:{part}" for part in _INDEX]

@@ -45,6 +45,7 @@ NAMES = (
     "free_lapsed",
     "seat_snapshot",
     "extend_hold",
+    "rate_limit",
 )
 
 
@@ -72,6 +73,7 @@ class Scripts:
     free_lapsed: AsyncScript
     seat_snapshot: AsyncScript
     extend_hold: AsyncScript
+    rate_limit: AsyncScript
 
     def all(self) -> list[AsyncScript]:
         return [getattr(self, f.name) for f in dataclasses.fields(self)]
