@@ -109,11 +109,11 @@ async def _library(
         keys = [
             seat_keys.deadlines(f), seat_keys.marker(f), seat_keys.records(f),
             seat_keys.idempotency(f, ""), *seat_keys.index(f), seat_keys.stream(f),
-            *seat_keys.seats(f, seats),
+            seat_keys.customers(f), *seat_keys.seats(f, seats),
         ]  # fmt: skip
         args = [
             f"l{n}", str(TTL_MS), META.user_id, META.amount, META.currency, "", "0", run_ids[f],
-            str(holds.stream_length),
+            str(holds.stream_length), "0",
         ]  # fmt: skip
         reply = await send(["EVALSHA", sha, str(len(keys)), *keys, *args])
         return "held" if reply[0] == 1 else "refused"

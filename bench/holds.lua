@@ -1,4 +1,5 @@
--- wrk script: POST /api/bookings/ with 1-4 adjacent random seats of a random flight.
+-- wrk script: POST /api/bookings/ with 1-4 adjacent random seats of a random flight, each
+-- from a random customer (the per-customer seat limit is on by default).
 -- FLIGHTS, ROWS and LETTERS come from the environment the harness sets.
 local flights = tonumber(os.getenv("BENCH_FLIGHTS") or "100")
 local rows = tonumber(os.getenv("BENCH_ROWS") or "150")
@@ -20,7 +21,7 @@ request = function()
   for i = 0, n - 1 do
     seats[#seats + 1] = '"' .. row .. string.sub(letters, start + i, start + i) .. '"'
   end
-  local body = '{"flight_id":' .. math.random(1, flights) .. ',"user_id":"bench","seats":['
+  local body = '{"flight_id":' .. math.random(1, flights) .. ',"user_id":"u' .. math.random(1, 1000000) .. '","seats":['
     .. table.concat(seats, ",") .. ']}'
   return wrk.format("POST", "/api/bookings/", {["Content-Type"] = "application/json"}, body)
 end

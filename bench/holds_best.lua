@@ -11,7 +11,7 @@ function init(args)
 end
 
 request = function()
-  local body = '{"flight_id":' .. math.random(1, flights) .. ',"user_id":"bench","seat_count":'
+  local body = '{"flight_id":' .. math.random(1, flights) .. ',"user_id":"u' .. math.random(1, 1000000) .. '","seat_count":'
     .. math.random(1, 4) .. '}'
   return wrk.format("POST", "/api/bookings/", {["Content-Type"] = "application/json"}, body)
 end

@@ -25,11 +25,16 @@ def _body(rng: random.Random, flights: int, rows: int, letters: str, best: bool)
     flight = rng.randint(1, flights)
     n = rng.randint(1, 4)
     if best:
-        return orjson.dumps({"flight_id": flight, "user_id": "bench", "seat_count": n})
+        return orjson.dumps({"flight_id": flight, "user_id": _user(rng), "seat_count": n})
     start = rng.randint(0, len(letters) - n)
     row = rng.randint(1, rows)
     seats = [f"{row}{letters[start + i]}" for i in range(n)]
-    return orjson.dumps({"flight_id": flight, "user_id": "bench", "seats": seats})
+    return orjson.dumps({"flight_id": flight, "user_id": _user(rng), "seats": seats})
+
+
+def _user(rng: random.Random) -> str:
+    # A customer a hold, as wrk's scripts do: the per-customer seat limit is on by default.
+    return f"u{rng.randint(1, 1_000_000)}"
 
 
 async def _worker(

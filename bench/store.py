@@ -93,12 +93,12 @@ async def _store_holds(
         f, bid = ceiling_flights[flight], f"c{prefix}{n}"
         seats = SEATS[slot * 4 : slot * 4 + 4]
         reply = await bare.execute(
-            "EVALSHA", sha, 9 + len(seats),
+            "EVALSHA", sha, 10 + len(seats),
             seat_keys.deadlines(f), seat_keys.marker(f), seat_keys.records(f),
             seat_keys.idempotency(f, ""), *seat_keys.index(f), seat_keys.stream(f),
-            *seat_keys.seats(f, seats),
+            seat_keys.customers(f), *seat_keys.seats(f, seats),
             bid, TTL_MS, META.user_id, META.amount, META.currency, "", 0, run_id,
-            holds.stream_length,
+            holds.stream_length, 0,
         )  # fmt: skip
         return "held" if reply[0] == 1 else "refused"
 

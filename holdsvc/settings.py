@@ -64,6 +64,9 @@ class Settings:
     # an answer kept (a 5xx), or whose process died, leaves its key retryable within this.
     takeover_after: float = 1.5
     max_seats_per_booking: int = 10
+    # Seats one user_id may hold or have booked on one flight, checked in the hold script
+    # (0: no limit).
+    max_seats_per_user: int = 10
     # A hold's longest life, from its creation, however often it is extended, and the most
     # extensions it may have (pretix's bug #1575 let a hold renew forever).
     max_hold: float = 1800.0
@@ -239,6 +242,8 @@ class Settings:
             raise ValueError(f"HOLDSVC_FAULT must be one of {', '.join(POINTS)}")
         if not 1 <= self.max_seats_per_booking <= 100:
             raise ValueError("max-seats-per-booking must be 1..100")
+        if self.max_seats_per_user < 0:
+            raise ValueError("max-seats-per-user must not be negative (0: no limit)")
         if self.max_hold < self.hold_ttl:
             raise ValueError("max-hold must be at least hold-ttl")
         if self.hold_rate < 0:
@@ -272,6 +277,7 @@ _CONVERTERS: dict[str, Any] = {
     "gateway_timeout": float,
     "takeover_after": float,
     "max_seats_per_booking": int,
+    "max_seats_per_user": int,
     "seat_stream_length": int,
     "max_hold": float,
     "max_extensions": int,
@@ -424,6 +430,11 @@ def _service(cmd: argparse.ArgumentParser) -> None:
         "--gateway-timeout", type=float, help="seconds a gateway call may take (default 30)"
     )
     cmd.add_argument("--max-seats-per-booking", type=int, help="default 10")
+    cmd.add_argument(
+        "--max-seats-per-user",
+        type=int,
+        help="seats one user_id may hold or have booked on a flight (default 10; 0: no limit)",
+    )
     cmd.add_argument(
         "--max-hold", type=float, help="seconds a hold may last in all, extended (1800)"
     )

@@ -14,6 +14,25 @@
 -- "h" the first answer's fields b, s, d, t, u, a, c; for "t" s = the taken seats; for "n"
 -- s = how many seats were free.
 
+-- Seats held or booked per customer of a flight: {f:<flight>}:u, a hash, field who (ARGV[3]
+-- of the hold), value the seats. The hold scripts add a hold's seats and refuse one that
+-- would pass the limit, while there is one (with none, nothing is counted: a field a
+-- customer a flight is memory no hold needs); release_seats and free_lapsed take a booking's seats off once, when
+-- its record goes (a held booking) or its booked seats go (a confirmed one).
+local function customer_add(key, who, n)
+  local left = redis.call('HINCRBY', key, who, n)
+  if left <= 0 then redis.call('HDEL', key, who) end
+end
+
+-- who and the number of seats of a record (write_record's format), or nil, 0.
+local function record_who(record)
+  if not record then return nil, 0 end
+  local seats, who = string.match(record, '^%d+\31%d+\31([^\31]*)\31[^\31]*\31[^\31]*\31(.*)$')
+  if not who then return nil, 0 end
+  local _, commas = string.gsub(seats, ',', '')
+  return who, commas + 1
+end
+
 local function write_record(key, bid, seats, deadline, created)
   redis.call('HSET', key, bid,
     table.concat({created, deadline, seats, ARGV[4], ARGV[5], ARGV[3]}, '\31'))

@@ -8,6 +8,8 @@
 -- KEYS[7]        {f:<flight>}:s                the flight's seat stream (_stream.lua): the
 --                                              seats freed are announced here, after their
 --                                              expiry is in SQL, never before
+-- KEYS[8]        {f:<flight>}:u                seats per customer (_hold.lua): each hold's
+--                                              seats come off as its record goes
 -- ARGV[1]        k, the number of holds
 -- ARGV[2]        the seat stream's length (_stream.lua; 0: no stream)
 -- ARGV[3..k+2]   the holds' booking ids
@@ -31,6 +33,8 @@ if k > 0 then
     ids[i] = ARGV[i + 2]
     fields[#fields + 1] = ids[i]
     fields[#fields + 1] = 'x:' .. ids[i]  -- its extension count (extend_hold.lua)
+    local who, n = record_who(rcall('HGET', KEYS[6], ids[i]))
+    if who then customer_add(KEYS[8], who, -n) end
   end
   rcall('ZREM', KEYS[1], unpack(ids))
   rcall('HDEL', KEYS[6], unpack(fields))

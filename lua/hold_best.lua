@@ -9,6 +9,7 @@
 -- KEYS[4]   {f:<flight>}:k:<key>  the Idempotency-Key's entry (hash); unused without a key
 -- KEYS[5..8] {f:<flight>}:m, :r, :c, :l  the flight's free-seat index (_hold.lua)
 -- KEYS[9]   {f:<flight>}:s        the flight's seat stream (_stream.lua)
+-- KEYS[10]  {f:<flight>}:u        seats per customer (_hold.lua)
 -- ARGV[1]   booking id, stored as each held seat's value
 -- ARGV[2]   hold time, milliseconds (integer > 0)
 -- ARGV[3]   who (_hold.lua) ARGV[4] amount       ARGV[5] currency
@@ -19,6 +20,7 @@
 -- ARGV[10]  number of rows of the flight (seats are <row><letter>, rows from 1)
 -- ARGV[11]  the seat letters of a row, in order across the cabin (e.g. ABCDEF)
 -- ARGV[12]  the seat stream's length (_stream.lua; 0: no stream)
+-- ARGV[13]  the most seats one customer (who) may hold or have booked on the flight (0: none)
 --
 -- With the index, the work does not grow with the flight's size or fill: a string.find over
 -- the per-row bytes (in C) finds the first row that fits, one BITFIELD reads its seats, and
@@ -43,6 +45,8 @@
 --                                       another run (not restored into this process)
 --   {4, <entry>...}                     the key's first answer (_hold.lua's replay())
 --   {5}                                 the key was used with a different request
+--   {6, held}                           nothing held: the customer has `held` seats of the
+--                                       flight, and these would pass the limit
 local rcall = redis.call
 local keyed = ARGV[6] ~= ''
 if keyed then
@@ -56,6 +60,11 @@ local rows = tonumber(ARGV[10])
 local letters = ARGV[11]
 local width = #letters
 local M, R, C = KEYS[5], KEYS[6], KEYS[7]
+local limit = tonumber(ARGV[13])
+if limit > 0 then
+  local held = tonumber(rcall('HGET', KEYS[10], ARGV[3]) or '0')
+  if held + want > limit then return {6, held} end
+end
 
 -- The old way: every seat checked, row by row. O(seats); used without an index.
 local function scan()
@@ -231,6 +240,7 @@ end
 rcall('ZADD', KEYS[1], deadline, ARGV[1])
 if indexed then mark_chosen(chosen, seen, runs, counts) else index_mark(M, R, C, KEYS[8], chosen, 1) end
 announce(KEYS[9], tonumber(ARGV[12]), chosen, 'h')
+if limit > 0 then customer_add(KEYS[10], ARGV[3], #chosen) end
 local seats = table.concat(chosen, ',')
 write_record(KEYS[3], ARGV[1], seats, deadline, now)
 if keyed then remember_hold(KEYS[4], ARGV[6], ARGV[7], ARGV[1], seats, deadline, now) end

@@ -131,7 +131,9 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, redis_server: EmbeddedRedis, db: str) -> Settings:
-    return Settings(redis_url=redis_server.url, data_dir=tmp_path, db=db)
+    # No per-customer seat limit: most tests hold many seats as one user. The limit's own
+    # tests (test_checkout.py) set it, and check its default.
+    return Settings(redis_url=redis_server.url, data_dir=tmp_path, db=db, max_seats_per_user=0)
 
 
 @pytest.fixture

@@ -87,7 +87,8 @@ class ServiceProcess:
         self.command = command
         listen = ["--port", str(self.port)] if command == "serve" else []
         self.args = [sys.executable, "-m", "holdsvc", command, *listen, *args]
-        self.env = {**os.environ, **(env or {})}
+        # No per-customer seat limit unless a test sets one (as the settings fixture).
+        self.env = {**os.environ, "HOLDSVC_MAX_SEATS_PER_USER": "0", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix=f"holdsvc-{command}-", suffix=".log")[1])
 

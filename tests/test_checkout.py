@@ -280,3 +280,70 @@ async def test_hold_attempts_over_the_rate_answer_429_across_processes(
         "/api/bookings/", json={"flight_id": fid, "user_id": "u", "seat_count": 1}
     )
     assert resp.status == 201
+
+
+async def test_one_customer_holds_at_most_the_limit_and_the_count_stays_exact(
+    make_client: MakeClient, settings: Settings, redis: Redis
+) -> None:
+    assert Settings().max_seats_per_user == 10  # the default
+    client = await make_client(settings.replace(max_seats_per_user=10, hold_ttl=1.0))
+    fid = (await new_flight(client, rows=5))["id"]
+    # Another customer's seats never count against this one.
+    await hold(client, fid, ["5A", "5B", "5C"], user="other")
+
+    async def attempt(seats: list[str] | None = None, count: int | None = None) -> Any:
+        body: dict[str, Any] = {"flight_id": fid, "user_id": "alice"}
+        body.update({"seats": seats} if seats else {"seat_count": count})
+        resp = await client.post("/api/bookings/", json=body)
+        return resp.status, await resp.json()
+
+    status, paid = await attempt(["1A", "1B", "1C", "1D"])
+    assert status == 201
+    assert (await client.post(f"/api/bookings/{paid['id']}/pay/")).status == 200
+    status, released = await attempt(["2A", "2B"])
+    status, lapsing = await attempt(count=3)
+    assert status == 201
+    status, refused = await attempt(["3A", "3B"])  # 4 booked + 2 + 3 held = 9, +2 > 10
+    assert status == 409 and refused["code"] == "customer_seat_limit"
+    assert refused["limit"] == 10 and refused["held"] == 9
+    assert (await attempt(count=2))[1]["code"] == "customer_seat_limit"
+    assert (await seat_map(client, fid))["3A"] == "available"  # refused whole
+    # Released: its 2 seats no longer count.
+    assert (await client.post(f"/api/bookings/{released['id']}/cancel/")).status == 200
+    assert (await attempt(["3A"]))[0] == 201  # 4 + 3 + 1 = 8
+    # The lapsed holds' seats come off once their expiry is recorded.
+
+    async def lapsed() -> bool:
+        body = await (await client.get(f"/api/bookings/{lapsing['id']}/")).json()
+        return bool(body["state"] == "EXPIRED")
+
+    await eventually(lapsed, timeout=5, interval=0.1)
+    await eventually(lambda: _count(redis, fid, "alice", 4), timeout=3, interval=0.05)
+    # The booked seats count until the booking is cancelled.
+    assert (await attempt(count=7))[1]["code"] == "customer_seat_limit"
+    status, six = await attempt(count=6)
+    assert status == 201
+
+    async def booked_and(extra: int) -> bool:
+        # The 6-seat hold counts while it is held (its TTL is 1 s: it may lapse meanwhile).
+        state = (await (await client.get(f"/api/bookings/{six['id']}/")).json())["state"]
+        held = 6 if state == "SEAT_HELD" else 0
+        return await _count(redis, fid, "alice", held + extra)
+
+    assert (await client.post(f"/api/bookings/{paid['id']}/cancel/")).status == 200
+    await eventually(lambda: booked_and(0), timeout=3, interval=0.05)
+    # A declined payment frees its seats and their count.
+    status, declined = await attempt(["4A"])
+    assert status == 201
+    resp = await client.post(
+        f"/api/bookings/{declined['id']}/pay/", json={"payment_method": "pm_card_chargeDeclined"}
+    )
+    assert resp.status == 402
+    await eventually(lambda: booked_and(0), timeout=3, interval=0.05)
+    # Every hold ended: nothing counts.
+    await eventually(lambda: _count(redis, fid, "alice", 0), timeout=5, interval=0.1)
+
+
+async def _count(redis: Redis, flight_id: int, who: str, want: int) -> bool:
+    value = await redis.hget(f"{{f:{flight_id}}}:u", who)
+    return int(value or 0) == want

@@ -46,7 +46,7 @@ async def test_full_lifecycle_hold_pay_cancel_refund(client: Client, redis: Redi
     booking = await resp.json()
     assert set(booking) == {
         "id", "state", "flight_id", "user_id", "seats", "amount", "currency",
-        "hold_expires_at", "created_at", "updated_at", "payment",
+        "hold_expires_at", "expires_in_seconds", "created_at", "updated_at", "payment",
     }  # fmt: skip
     assert booking["state"] == "SEAT_HELD"
     assert booking["seats"] == ["1A", "1B"]

@@ -20,6 +20,7 @@ from holdsvc.seats.holds import (
     KeyClaim,
     KeyMismatch,
     NotEnough,
+    OverCustomerLimit,
     Replayed,
     Snapshot,
 )
@@ -96,6 +97,12 @@ async def test_every_documented_reply_maps_to_its_result(
         too_many = await store.extend(fid, ["3B"], "b7", 100, ttl + 1500, 1)
         assert too_many == ExtensionRefused(long.created_ms + ttl + 1500, 1)
         assert await store.extend(fid, ["3B"], "b2", 100, ttl + 1500, 5) is None
+        # {6, held}: over the per-customer limit (the customer holds 1A, 1B, 3A... of fid).
+        over = await store.hold(fid, ["4C", "4D"], "b8", ttl, m, customer_limit=1)
+        assert isinstance(over, OverCustomerLimit) and over.held == 0
+        assert isinstance(await store.hold(fid, ["4C"], "b8", ttl, m, customer_limit=1), Held)
+        best_over = await store.hold_best(fid, 1, 2, "AB", "b9", ttl, m, customer_limit=1)
+        assert best_over == OverCustomerLimit(1)
         # rate_limit: {1} a token taken, then {0, wait_ms} with the bucket empty.
         assert await store.take_token("c1", 2, 1) is None
         wait = await store.take_token("c1", 2, 1)

@@ -53,6 +53,7 @@ from holdsvc.seats.holds import (
     KeyMismatch,
     NotEnough,
     NotRestored,
+    OverCustomerLimit,
     Replayed,
     Taken,
 )
@@ -300,6 +301,15 @@ class Bookings:
             raise Unavailable("Seat data is being restored after a Redis restart; retry")
         if isinstance(result, KeyMismatch):
             raise IdempotencyMismatch("Idempotency-Key was already used with a different request")
+        if isinstance(result, OverCustomerLimit):
+            self._metrics.holds_refused.inc()
+            limit = self._settings.max_seats_per_user
+            raise Conflict(
+                f"At most {limit} seats of a flight per customer: {result.held} already",
+                "customer_seat_limit",
+                limit=limit,
+                held=result.held,
+            )
         replayed = isinstance(result, Replayed)
         if isinstance(result, Replayed):
             booking_id, first = result.booking_id, result.first
@@ -354,10 +364,11 @@ class Bookings:
         booking_id: str,
         meta: HoldMeta,
         claim: KeyClaim | None,
-    ) -> Held | Taken | NotEnough | NotRestored | Replayed | KeyMismatch:
+    ) -> Held | Taken | NotEnough | NotRestored | Replayed | KeyMismatch | OverCustomerLimit:
         ttl = self._settings.hold_ttl_ms
+        limit = self._settings.max_seats_per_user
         if req.seats is not None:
-            return await self._holds.hold(flight.id, req.seats, booking_id, ttl, meta, claim)
+            return await self._holds.hold(flight.id, req.seats, booking_id, ttl, meta, claim, limit)
         assert req.seat_count is not None
         return await self._holds.hold_best(
             flight.id,
@@ -368,6 +379,7 @@ class Bookings:
             ttl,
             meta,
             claim,
+            limit,
         )
 
     async def cancel(
@@ -387,12 +399,17 @@ class Bookings:
             raise InvalidTransition(str(moved.state), State.CANCELLED.value)
         if key is not None:
             key.note(moved)
-        await self._holds.release(booking.flight_id, booking.seats, booking_id)
+        await self._holds.release(booking.flight_id, booking.seats, booking_id, who_of(booking))
         return moved.record or await self.get(booking_id)
 
 
 class HoldExtensionLimit(Conflict):
     code = "hold_extension_limit"
+
+
+def who_of(booking: BookingRecord) -> str:
+    """The customer a booking counts against (the hold scripts' ARGV[3])."""
+    return HoldMeta(booking.user_id, "", "", booking.owner).who()
 
 
 def _iso(at_ms: int) -> str:

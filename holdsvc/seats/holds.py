@@ -107,6 +107,13 @@ class NotEnough:
 
 
 @dataclass(frozen=True, slots=True)
+class OverCustomerLimit:
+    """Nothing was held; the customer already has ``held`` seats of the flight."""
+
+    held: int
+
+
+@dataclass(frozen=True, slots=True)
 class NotRestored:
     """Nothing was held; this Redis does not have the flight's booked seats (yet)."""
 
@@ -243,7 +250,8 @@ class HoldStore:
         ttl_ms: int,
         meta: HoldMeta,
         key: KeyClaim | None = None,
-    ) -> Held | Taken | NotRestored | Replayed | KeyMismatch:
+        customer_limit: int = 0,
+    ) -> Held | Taken | NotRestored | Replayed | KeyMismatch | OverCustomerLimit:
         # The run id of the connection the script goes out on (nothing awaits in between):
         # the script holds nothing unless the flight was restored into that very process.
         marker = _flight_keys(flight_id)[1]
@@ -251,7 +259,11 @@ class HoldStore:
         reply = await self._eval(
             self._s.hold_seats,
             [*_hold_keys(flight_id, booking_id, key), *keys.seats(flight_id, seats)],
-            [*_hold_args(booking_id, ttl_ms, meta, key, run_id), self.stream_length],
+            [
+                *_hold_args(booking_id, ttl_ms, meta, key, run_id),
+                self.stream_length,
+                customer_limit,
+            ],
         )
         match reply:
             case [1, int(deadline), int(created)]:
@@ -261,6 +273,8 @@ class HoldStore:
                 return Taken([seats[int(p) - 1] for p in positions])
             case [3]:
                 return NotRestored()
+            case [6, int(held)]:
+                return OverCustomerLimit(held)
         return _keyed("hold_seats", reply)
 
     async def hold_best(
@@ -273,7 +287,8 @@ class HoldStore:
         ttl_ms: int,
         meta: HoldMeta,
         key: KeyClaim | None = None,
-    ) -> Held | NotEnough | NotRestored | Replayed | KeyMismatch:
+        customer_limit: int = 0,
+    ) -> Held | NotEnough | NotRestored | Replayed | KeyMismatch | OverCustomerLimit:
         marker = _flight_keys(flight_id)[1]
         run_id = self._fast.run_id_for(marker) or await self._fast.connected_run_id_for(marker)
         reply = await self._eval(
@@ -285,6 +300,7 @@ class HoldStore:
                 rows,
                 letters,
                 self.stream_length,
+                customer_limit,
             ],
         )
         match reply:
@@ -295,6 +311,8 @@ class HoldStore:
                 return NotEnough(free)
             case [3]:
                 return NotRestored()
+            case [6, int(held)]:
+                return OverCustomerLimit(held)
         return _keyed("hold_best", reply)
 
     async def records(self, flight_id: int, booking_ids: Sequence[str]) -> dict[str, HoldRecord]:
@@ -343,7 +361,11 @@ class HoldStore:
             return Confirm(reply)
         raise UnknownScriptReply("confirm_seats", reply)
 
-    async def release(self, flight_id: int, seats: Sequence[str], booking_id: str) -> int:
+    async def release(
+        self, flight_id: int, seats: Sequence[str], booking_id: str, who: str = ""
+    ) -> int:
+        """Free the booking's seats; ``who`` made it (HoldMeta.who(), for the per-customer
+        count of a confirmed booking, which has no record to say so)."""
         reply = await self._eval(
             self._s.release_seats,
             [
@@ -351,9 +373,10 @@ class HoldStore:
                 keys.records(flight_id),
                 *keys.index(flight_id),
                 keys.stream(flight_id),
+                keys.customers(flight_id),
                 *keys.seats(flight_id, seats),
             ],
-            [booking_id, self.stream_length],
+            [booking_id, self.stream_length, who],
         )
         if isinstance(reply, int) and 0 <= reply <= len(seats):
             return reply
@@ -388,6 +411,7 @@ class HoldStore:
                 *keys.index(flight_id),
                 keys.records(flight_id),
                 keys.stream(flight_id),
+                keys.customers(flight_id),
             ],
             [len(booking_ids), self.stream_length, *booking_ids, *seats],
         )
@@ -582,6 +606,7 @@ def _flight_keys(flight_id: int) -> tuple[str, ...]:
         keys.idempotency(flight_id, ""),
         *keys.index(flight_id),
         keys.stream(flight_id),
+        keys.customers(flight_id),
     )
 
 

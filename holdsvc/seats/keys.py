@@ -18,6 +18,7 @@ _IDEMPOTENCY = "k:"
 # The free-seat index (lua/_hold.lua): the bitmap, the runs and counts a row, the layout.
 _INDEX = ("m", "r", "c", "l")
 _STREAM = "s"
+_CUSTOMERS = "u"
 
 # A confirmed seat keeps this prefix before the booking id, and no TTL: expiry can never free it.
 BOOKED_PREFIX = b"!"
@@ -78,6 +79,11 @@ def idempotency(flight_id: int, key: str) -> str:
 def stream(flight_id: int) -> str:
     """The flight's seat stream (a Redis Stream): every seat status change, in order."""
     return f"{{f:{flight_id}}}:{_STREAM}"
+
+
+def customers(flight_id: int) -> str:
+    """Seats held or booked per customer (hash: who -> seats), for the per-customer limit."""
+    return f"{{f:{flight_id}}}:{_CUSTOMERS}"
 
 
 def rate_bucket(client: str) -> str:
