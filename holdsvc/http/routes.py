@@ -105,7 +105,12 @@ async def create_booking(request: web.Request) -> web.Response:
     answer = await request.app[BOOKINGS].hold(
         hold, request.get(HOLD_KEY), principal, principal.name or request.remote or ""
     )
-    response = json_response(booking_view(answer.booking, _now(request)), 201)
+    response = json_response(
+        # As of the hold itself (its created_at is the script's own Redis time), so that a
+        # replay of the key gives the very same body.
+        booking_view(answer.booking, answer.booking.created_at),
+        201,
+    )
     if answer.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return response
