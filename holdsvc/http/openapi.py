@@ -13,6 +13,7 @@ from holdsvc.domain.access import Action
 from holdsvc.domain.bookings import REPLAYED_HEADER
 from holdsvc.http import schemas
 from holdsvc.http.auth import action_of, requires
+from holdsvc.http.bodies import HoldIn
 from holdsvc.http.middleware import IDEMPOTENCY_HEADER
 from holdsvc.http.routes import ENDPOINTS, Endpoint
 
@@ -29,10 +30,26 @@ _ANY_POST = {
 }
 
 
+# Response headers, declared once and named by the answers that carry them.
+_HEADERS = {
+    "X-Request-ID": "The request's id (the client's X-Request-ID when it sent a valid one)",
+    "Retry-After": "Seconds to wait before retrying",
+    "Location": "Where the created resource is",
+}
+
+
+def _tag(e: Endpoint) -> str:
+    if e.path.startswith("/api/flights"):
+        return "flights"
+    if e.path.startswith("/api/bookings"):
+        return "bookings"
+    return "operations"
+
+
 def build_spec() -> dict[str, Any]:
-    types: list[Any] = [schemas.Error]
+    types: list[Any] = [schemas.Error, *schemas.HOLD_SHAPES]
     for e in ENDPOINTS:
-        if e.body is not None:
+        if e.body is not None and e.body is not HoldIn:  # documented as its three shapes
             types.append(e.body)
         types.extend(answer for answer, _ in e.answers.values())
     refs, components = msgspec.json.schema_components(types, ref_template=_REF)
@@ -50,8 +67,17 @@ def build_spec() -> dict[str, Any]:
                 '{"error": "Invalid state transition from X to Y"} and changes nothing.'
             ),
         },
+        "tags": [
+            {"name": "flights", "description": "Flights and their live seat maps"},
+            {"name": "bookings", "description": "Holds, payments, cancellations, refunds"},
+            {"name": "operations", "description": "Liveness, readiness and health"},
+        ],
         "paths": paths,
         "components": {
+            "headers": {
+                name: {"description": text, "schema": {"type": "string"}}
+                for name, text in _HEADERS.items()
+            },
             "schemas": components,
             "securitySchemes": {
                 "bearer": {
@@ -78,9 +104,17 @@ def _operation(e: Endpoint, ref: dict[str, Any]) -> dict[str, Any]:
     for status, (answer, description) in e.answers.items():
         media = e.media_type if status < 300 else "application/json"
         responses[str(status)] = _json(description, ref[repr(answer)], media)
+    for code, response in responses.items():
+        headers = response.setdefault("headers", {})
+        headers["X-Request-ID"] = {"$ref": "#/components/headers/X-Request-ID"}
+        if code in ("429", "503"):
+            headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
+        if code == "201":
+            headers["Location"] = {"$ref": "#/components/headers/Location"}
     op: dict[str, Any] = {
         "operationId": e.handler.__name__,
         "summary": e.summary,
+        "tags": [_tag(e)],
         "responses": responses,
     }
     if action is not None:
@@ -113,9 +147,13 @@ def _operation(e: Endpoint, ref: dict[str, Any]) -> dict[str, Any]:
     if params:
         op["parameters"] = params
     if e.body is not None:
+        if e.body is HoldIn:
+            schema = {"oneOf": [ref[repr(shape)] for shape in schemas.HOLD_SHAPES]}
+        else:
+            schema = ref[repr(e.body)]
         op["requestBody"] = {
             "required": not e.body_optional,
-            "content": {"application/json": {"schema": ref[repr(e.body)]}},
+            "content": {"application/json": {"schema": schema}},
         }
     return op
 

@@ -110,6 +110,7 @@ async def create_booking(request: web.Request) -> web.Response:
         # replay of the key gives the very same body.
         booking_view(answer.booking, answer.booking.created_at),
         201,
+        {"Location": f"/api/bookings/{answer.booking.id}/"},
     )
     if answer.replayed:
         response.headers[REPLAYED_HEADER] = "true"
@@ -236,7 +237,9 @@ ENDPOINTS = [
              HoldIn,
              answers={201: (schemas.Booking, "SEAT_HELD until hold_expires_at"),
                       404: (schemas.Error, "Flight not found"),
-                      409: (schemas.Error, "Seats not available (the taken ones named)")}),
+                      409: (schemas.Error, "Seats not available (the taken ones named),"
+                                           " customer_seat_limit, or flight_departed"),
+                      429: (schemas.Error, "rate_limited: over --hold-rate")}),
     Endpoint("GET", "/api/bookings/{booking_id}/", get_booking, "One booking",
              answers={200: (schemas.Booking, "The booking and its payment"),
                       404: (schemas.Error, "Booking not found")}),

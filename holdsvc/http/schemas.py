@@ -4,9 +4,15 @@ and the schemathesis test checks every real answer against them."""
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Literal
 
 import msgspec
+
+# A timestamp: "2026-12-03T13:16:25.123Z" (msgspec's own schema for datetime leaves out the
+# format, and a generated client would see a plain string).
+Timestamp = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-time"})]
 
 
 class FieldError(msgspec.Struct):
@@ -29,7 +35,7 @@ class Flight(msgspec.Struct):
     flight_number: str
     origin: str
     destination: str
-    departure_time: str
+    departure_time: Timestamp
     rows: int
     seat_letters: str
     price: str
@@ -41,7 +47,7 @@ class Flight(msgspec.Struct):
 
 class Seat(msgspec.Struct):
     seat: str
-    status: Literal["available", "held", "booked"]
+    status: SeatStatus
 
 
 class SeatMap(msgspec.Struct):
@@ -50,14 +56,35 @@ class SeatMap(msgspec.Struct):
 
 
 class Payment(msgspec.Struct):
-    status: Literal["pending", "captured", "failed", "refunding", "refunded"]
+    status: PaymentStatus
     amount: str
     currency: str
 
 
-State = Literal[
-    "INITIATED", "SEAT_HELD", "PAYMENT_PENDING", "CONFIRMED", "CANCELLED", "REFUNDED", "EXPIRED"
-]
+class State(Enum):
+    """A booking's state: one type, shared by every schema that names it."""
+
+    INITIATED = "INITIATED"
+    SEAT_HELD = "SEAT_HELD"
+    PAYMENT_PENDING = "PAYMENT_PENDING"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+    REFUNDED = "REFUNDED"
+    EXPIRED = "EXPIRED"
+
+
+class SeatStatus(Enum):
+    available = "available"
+    held = "held"
+    booked = "booked"
+
+
+class PaymentStatus(Enum):
+    pending = "pending"
+    captured = "captured"
+    failed = "failed"
+    refunding = "refunding"
+    refunded = "refunded"
 
 
 class Booking(msgspec.Struct):
@@ -68,11 +95,11 @@ class Booking(msgspec.Struct):
     seats: list[str]
     amount: str
     currency: str
-    hold_expires_at: str | None
+    hold_expires_at: Timestamp | None
     # Seconds the hold has left by Redis's clock (the one that expires it); null unless held.
     expires_in_seconds: int | None
-    created_at: str
-    updated_at: str
+    created_at: Timestamp
+    updated_at: Timestamp
     payment: Payment | None
 
 
@@ -105,3 +132,33 @@ class SeatStreamEvent(msgspec.Struct, omit_defaults=True):
     event: Literal["snapshot", "seat"] | None = None
     id: str | None = None
     retry: int | None = None
+
+
+# The hold request's three shapes, for the document only: HoldIn (holdsvc/http/bodies.py)
+# decodes all three and says which rule a body breaks; a generated client gets one type each,
+# so an empty request no longer type-checks.
+class HoldSeats(msgspec.Struct, forbid_unknown_fields=True):
+    """Hold these seats, all of them or none."""
+
+    flight_id: int
+    user_id: str
+    seats: list[str]
+
+
+class HoldCount(msgspec.Struct, forbid_unknown_fields=True):
+    """Hold the best ``seat_count`` seats: side by side in a row, else in one row, else any."""
+
+    flight_id: int
+    user_id: str
+    seat_count: int
+
+
+class HoldSeed(msgspec.Struct, forbid_unknown_fields=True):
+    """The Node seed system's names for a seat-count hold."""
+
+    flightId: int
+    userId: str
+    noOfSeats: int
+
+
+HOLD_SHAPES = (HoldSeats, HoldCount, HoldSeed)

@@ -109,7 +109,9 @@ def booking_action(outcome: str, booking: BookingRecord, now_ms: float) -> web.R
 
 
 def new_flight_response(flight: Flight) -> web.Response:
-    return json_response(flight_view(flight, len(flight.seats)), 201)
+    return json_response(
+        flight_view(flight, len(flight.seats)), 201, {"Location": f"/api/flights/{flight.id}/"}
+    )
 
 
 def stored_outcome(outcome: str, record: bytes, now_ms: float) -> web.Response:
