@@ -61,7 +61,11 @@ def test_a_generated_client_drives_the_lifecycle(generated: tuple[str, Any]) -> 
                    "cancel_booking", "refund_booking")  # fmt: skip
     flights = _modules("holdsvc_client.api.flights", "create_flight")
     models = importlib.import_module("holdsvc_client.models")
-    client = importlib.import_module("holdsvc_client").Client(base_url=base)
+    with importlib.import_module("holdsvc_client").Client(base_url=base) as client:
+        _lifecycle(client, api, flights, models)
+
+
+def _lifecycle(client: Any, api: Any, flights: Any, models: Any) -> None:
 
     flight_in = models.FlightIn.from_dict({**SMALL_FLIGHT, "flight_number": "GC1"})
     made = flights.create_flight.sync_detailed(client=client, body=flight_in)

@@ -338,6 +338,34 @@ class Bookings:
         """Stop background compensations (the hold's TTL frees what they did not)."""
         await asyncio.gather(*(stop(t) for t in list(self._background)), return_exceptions=True)
 
+    async def free_seats(self, booking: BookingRecord) -> None:
+        """Free the seats of a booking whose end SQL has committed (only those still this
+        booking's: release_seats compares). The end is durable already, so a Redis that does
+        not answer now (a slot migrating, a restart) gets the release again in the
+        background, with backoff, instead of failing the request: otherwise the seats stayed
+        held for nobody until their TTL, and a retried cancel found nothing to cancel."""
+        try:
+            await self._holds.release(booking.flight_id, booking.seats, booking.id, who_of(booking))
+        except RedisError as exc:
+            log.warning("booking %s: freeing its seats failed, retrying: %s", booking.id, exc)
+            task = asyncio.create_task(self._release_later(booking))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _release_later(self, booking: BookingRecord) -> None:
+        for attempt in range(COMPENSATE_TRIES):
+            await asyncio.sleep(min(2**attempt * 0.25, 30))
+            try:
+                await self._holds.release(
+                    booking.flight_id, booking.seats, booking.id, who_of(booking)
+                )
+            except RedisError:
+                continue
+            log.warning("booking %s: its seats are free again", booking.id)
+            return
+        # Held seats lapse with their TTL; booked ones the sweeper's reconcile frees.
+        log.error("booking %s: its seats could not be freed", booking.id)
+
     def _compensate(self, flight: Flight, booking_id: str) -> None:
         task = asyncio.create_task(self._release_unknown(flight, booking_id))
         self._background.add(task)
@@ -399,7 +427,7 @@ class Bookings:
             raise InvalidTransition(str(moved.state), State.CANCELLED.value)
         if key is not None:
             key.note(moved)
-        await self._holds.release(booking.flight_id, booking.seats, booking_id, who_of(booking))
+        await self.free_seats(booking)
         return moved.record or await self.get(booking_id)
 
 

@@ -21,7 +21,7 @@ from enum import Enum
 from redis.exceptions import RedisError
 
 from holdsvc.domain.access import OPEN, Principal
-from holdsvc.domain.bookings import CANCELLED, SUPERSEDE, Bookings, new_booking, who_of
+from holdsvc.domain.bookings import CANCELLED, SUPERSEDE, Bookings, new_booking
 from holdsvc.domain.errors import (
     Conflict,
     DomainError,
@@ -235,7 +235,7 @@ class Payments:
     async def free_seats(self, booking: BookingRecord) -> None:
         """Free the seats Redis still holds for a booking SQL has ended (only those still
         this booking's: release_seats compares)."""
-        await self._holds.release(booking.flight_id, booking.seats, booking.id, who_of(booking))
+        await self._bookings.free_seats(booking)
 
     async def refund_lost(self, booking: BookingRecord, payment_id: str, cause: str) -> None:
         """Refund a capture whose seats could not be booked, free whatever seats the booking
