@@ -21,9 +21,10 @@ from tests.helpers import (
     SMALL_FLIGHT,
     ServiceProcess,
     children_of,
+    eventually,
     paid_over_http,
 )
-from tests.invariants import check_invariants
+from tests.invariants import check_invariants, unsettled
 
 
 def port_open(port: int) -> bool:
@@ -168,7 +169,12 @@ async def test_the_embedded_redis_killed_under_hold_traffic(
     tmp_path: Path, services: Callable[..., ServiceProcess]
 ) -> None:
     data = tmp_path / "data"
-    node = services(["--data-dir", str(data), "--hold-ttl", "30"])
+    # Short payment bounds: a pay the kill caught between its charge and its confirm is
+    # settled by recovery (confirmed or refunded) within seconds, not minutes.
+    node = services([
+        "--data-dir", str(data), "--hold-ttl", "30", "--payment-window", "2",
+        "--gateway-timeout", "1",
+    ])  # fmt: skip
     url = (data / "redis.url").read_text().strip()
     flight_body = {**SMALL_FLIGHT, "rows": 10, "seat_letters": "ABCDEF"}
     seats = [f"{r}{c}" for r in range(1, 11) for c in "ABCDEF"]
@@ -217,8 +223,13 @@ async def test_the_embedded_redis_killed_under_hold_traffic(
                 json={"flight_id": flight, "user_id": "late", "seats": pair[:1]},
             ) as resp:
                 assert resp.status == 409, await resp.text()
+    db = str(data / "holdsvc.sqlite3")
+
+    async def settled() -> bool:
+        # Whatever the kill left paying is settled: no pay is PAYMENT_PENDING any more.
+        return all(state != "PAYMENT_PENDING" for _, state in unsettled(db))
+
+    await eventually(settled, timeout=20, interval=0.2)
     async with Redis.from_url(url) as redis:
-        await check_invariants(
-            str(data / "holdsvc.sqlite3"), data / "mock-gateway.sqlite3", redis, flight
-        )
+        await check_invariants(db, data / "mock-gateway.sqlite3", redis, flight)
     node.stop()
