@@ -23,18 +23,16 @@
 --   n >= 0   the number of seats written (those skipped belong to another booking now)
 local rcall = redis.call
 local prefix = string.sub(KEYS[1], 1, -2)
-local written = 0
-local changed = {}
+local written = {}
 for i = 4, #ARGV - 1, 2 do
   local key = prefix .. ARGV[i]
   local value = rcall('GET', key)
   local booked = '!' .. ARGV[i + 1]
   if not value or value == ARGV[i + 1] or value == booked then
     rcall('SET', key, booked)
-    written = written + 1
-    changed[#changed + 1] = ARGV[i]
+    written[#written + 1] = ARGV[i]
   end
 end
-announce(KEYS[2], tonumber(ARGV[3]), changed, 'b')
+announce(KEYS[2], tonumber(ARGV[3]), written, 'b')
 if ARGV[1] == '1' then rcall('SET', KEYS[1], ARGV[2]) end
-return written
+return #written

@@ -19,8 +19,8 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 
 from redis.exceptions import RedisError
@@ -38,7 +38,7 @@ from holdsvc.domain.errors import (
 )
 from holdsvc.domain.flights import Flight, Flights
 from holdsvc.domain.idempotency import KeyRef
-from holdsvc.domain.records import BookingRecord, NewBooking, now_ms
+from holdsvc.domain.records import BookingRecord, NewBooking, iso_ms, now_ms
 from holdsvc.domain.restore import Restorer
 from holdsvc.domain.states import State, move, require
 from holdsvc.domain.store import BookingStore
@@ -56,6 +56,7 @@ from holdsvc.seats.holds import (
     OverCustomerLimit,
     Replayed,
     Taken,
+    who,
 )
 from holdsvc.settings import Settings
 from holdsvc.tasks import stop
@@ -221,7 +222,7 @@ class Bookings:
                 State.SEAT_HELD.value,
             )
         if isinstance(result, ExtensionRefused):
-            latest = _iso(result.max_deadline_ms)
+            latest = iso_ms(result.max_deadline_ms)
             if result.extensions is not None:
                 raise HoldExtensionLimit(
                     f"This hold was extended {result.extensions} times, the most allowed",
@@ -344,46 +345,39 @@ class Bookings:
         not answer now (a slot migrating, a restart) gets the release again in the
         background, with backoff, instead of failing the request: otherwise the seats stayed
         held for nobody until their TTL, and a retried cancel found nothing to cancel."""
+        who = who_of(booking)
         try:
-            await self._holds.release(booking.flight_id, booking.seats, booking.id, who_of(booking))
+            await self._holds.release(booking.flight_id, booking.seats, booking.id, who)
         except RedisError as exc:
             log.warning("booking %s: freeing its seats failed, retrying: %s", booking.id, exc)
-            task = asyncio.create_task(self._release_later(booking))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _release_later(self, booking: BookingRecord) -> None:
-        for attempt in range(COMPENSATE_TRIES):
-            await asyncio.sleep(min(2**attempt * 0.25, 30))
-            try:
-                await self._holds.release(
-                    booking.flight_id, booking.seats, booking.id, who_of(booking)
-                )
-            except RedisError:
-                continue
-            log.warning("booking %s: its seats are free again", booking.id)
-            return
-        # Held seats lapse with their TTL; booked ones the sweeper's reconcile frees.
-        log.error("booking %s: its seats could not be freed", booking.id)
+            self._release_later(booking.flight_id, booking.seats, booking.id, who, 0.25)
 
     def _compensate(self, flight: Flight, booking_id: str) -> None:
-        task = asyncio.create_task(self._release_unknown(flight, booking_id))
+        # Every seat of the flight: a best-seat hold's seats are not known here (release
+        # frees only this booking's). Its first try waits a second: the script may still run.
+        self._release_later(flight.id, flight.seats, booking_id, "", 1.0)
+
+    def _release_later(
+        self, flight_id: int, seats: Sequence[str], booking_id: str, who: str, first_s: float
+    ) -> None:
+        """Release in the background, with backoff from ``first_s`` (up to 30 s between
+        tries); what no try freed, the hold's TTL or the sweeper's reconcile does."""
+
+        async def run() -> None:
+            for attempt in range(COMPENSATE_TRIES):
+                await asyncio.sleep(min(first_s * 2**attempt, 30))
+                try:
+                    freed = await self._holds.release(flight_id, seats, booking_id, who)
+                except RedisError:
+                    continue
+                if freed:
+                    log.warning("booking %s: freed %d seats in the background", booking_id, freed)
+                return
+            log.error("booking %s: its seats could not be freed", booking_id)
+
+        task = asyncio.create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _release_unknown(self, flight: Flight, booking_id: str) -> None:
-        for attempt in range(COMPENSATE_TRIES):
-            await asyncio.sleep(min(2**attempt, 30))
-            try:
-                # Every seat of the flight: a best-seat hold's seats are not known here.
-                freed = await self._holds.release(flight.id, flight.seats, booking_id)
-            except RedisError:
-                continue
-            if freed:
-                log.warning(
-                    "hold %s: freed %d seats of a hold whose answer was lost", booking_id, freed
-                )
-            return
 
     async def _grant(
         self,
@@ -437,12 +431,7 @@ class HoldExtensionLimit(Conflict):
 
 def who_of(booking: BookingRecord) -> str:
     """The customer a booking counts against (the hold scripts' ARGV[3])."""
-    return HoldMeta(booking.user_id, "", "", booking.owner).who()
-
-
-def _iso(at_ms: int) -> str:
-    moment = datetime.fromtimestamp(at_ms / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return who(booking.user_id, booking.owner)
 
 
 def held_booking(record: HoldRecord) -> BookingRecord:

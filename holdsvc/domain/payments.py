@@ -142,7 +142,7 @@ class Payments:
                 moved, _ = await self._store.insert_booking(row, PAY, SUPERSEDE, started)
             except SeatOwnedInSql as exc:
                 log.error("pay of %s refused by SQL's seat fence: %s", booking_id, exc)
-                await self.free_seats(booking)
+                await self._bookings.free_seats(booking)
                 raise SeatsNotAvailable(seats=booking.seats) from exc
         if not moved.moved:
             raise InvalidTransition(str(moved.state), State.PAYMENT_PENDING.value)
@@ -206,7 +206,7 @@ class Payments:
             )
             if key is not None:
                 key.note(declined)
-            await self.free_seats(booking)
+            await self._bookings.free_seats(booking)
             return PayOutcome.DECLINED
 
         confirmed = await self._holds.confirm(booking.flight_id, booking.seats, booking_id)
@@ -232,16 +232,11 @@ class Payments:
         crash_point(self._settings.fault, "after_commit")
         return PayOutcome.CONFIRMED
 
-    async def free_seats(self, booking: BookingRecord) -> None:
-        """Free the seats Redis still holds for a booking SQL has ended (only those still
-        this booking's: release_seats compares)."""
-        await self._bookings.free_seats(booking)
-
     async def refund_lost(self, booking: BookingRecord, payment_id: str, cause: str) -> None:
         """Refund a capture whose seats could not be booked, free whatever seats the booking
         still has, and record the booking's end. Safe to run twice for one charge."""
         await self._gateway.refund(payment_id)
-        await self.free_seats(booking)
+        await self._bookings.free_seats(booking)
         refunded = payment_move(
             PaymentStatus.REFUNDED, only_from=LOST_CAPTURE_FROM, payment_id=payment_id
         )
@@ -409,7 +404,7 @@ class PaymentRecovery:
                 )
                 if moved.moved:
                     # The pay extended the hold through its window; ended, it holds nothing.
-                    await self._payments.free_seats(booking)
+                    await self._bookings.free_seats(booking)
                 return
             await self._payments.settle_charge(booking, charge)
             return

@@ -22,6 +22,7 @@ from persistence.records import (
     State,
     StoreUnavailable,
     Transition,
+    iso_ms,
     now_ms,
 )
 
@@ -43,5 +44,6 @@ __all__ = [
     "State",
     "StoreUnavailable",
     "Transition",
+    "iso_ms",
     "now_ms",
 ]

@@ -110,6 +110,11 @@ def _entry(raw: StreamEntry) -> _Entry:
     )
 
 
+def _snapshot_pos(snapshot: SeatSnapshot) -> Pos:
+    # "0-0" for an empty stream: every entry is after it.
+    return parse_position(snapshot.event_id) or (0, 0)
+
+
 class Listener:
     """One client of one flight's feed."""
 
@@ -125,6 +130,14 @@ class Listener:
         self._gone = False
         self._pos: Pos = (0, 0)
         self._first: list[SeatEvent] = []
+
+    @property
+    def gone(self) -> bool:
+        return self._gone
+
+    def begin(self, first: list[SeatEvent], pos: Pos) -> None:
+        """What the listener is sent first, and the position it is true at."""
+        self._first, self._pos = first, pos
 
     def push(self, entry: _Entry) -> None:
         if len(self._items) >= MAX_PENDING:
@@ -159,7 +172,7 @@ class Listener:
                 snapshot = await self._feed.snapshot_when_ready(self)
                 if snapshot is None:
                     return
-                self._pos = parse_position(snapshot.event_id) or (0, 0)
+                self._pos = _snapshot_pos(snapshot)
                 yield [snapshot]
                 continue
             if not self._items:
@@ -222,7 +235,7 @@ class _FlightFeed:
     async def snapshot_when_ready(self, listener: Listener) -> SeatSnapshot | None:
         """A snapshot for a listener already streaming: retried quietly while Redis is away
         or the flight is being restored; None once the listener is gone."""
-        while not listener._gone:
+        while not listener.gone:
             try:
                 snapshot = await self.snapshot(listener)
             except RedisError:
@@ -245,10 +258,12 @@ class _FlightFeed:
             snap.position, self.flight.id, tuple(zip(self.flight.seats, statuses, strict=True))
         )
 
-    async def catch_up(self, listener: Listener, position: str, pos: Pos, after: int | None
-                       ) -> list[SeatEvent] | None:  # fmt: skip
-        """The changes after a client's last event, or None when the stream no longer has
-        that event's entry (trimmed away, or lost with Redis's data)."""
+    async def catch_up(
+        self, position: str, pos: Pos, after: int | None
+    ) -> tuple[list[SeatEvent], Pos] | None:
+        """The changes after a client's last event and the position they end at, or None
+        when the stream no longer has that event's entry (trimmed away, or lost with Redis's
+        data)."""
         entries = await self._streams.starting_at(self.flight.id, position, BATCH)
         if not entries or entries[0].position != position:
             return None
@@ -263,8 +278,7 @@ class _FlightFeed:
             if len(entries) < BATCH:
                 break
             entries = await self._streams.starting_at(self.flight.id, entries[-1].position, BATCH)
-        listener._pos = last
-        return out
+        return out, last
 
     async def _run(self) -> None:
         try:
@@ -380,7 +394,7 @@ class SeatFeeds:
                 await feed.ready()
             except RedisError as exc:
                 raise Unavailable("Redis is unavailable") from exc
-            listener._first = await self._first(feed, listener, parse_event_id(last_event_id))
+            listener.begin(*await self._first(feed, listener, parse_event_id(last_event_id)))
         except BaseException:
             listener.close()
             raise
@@ -388,10 +402,10 @@ class SeatFeeds:
 
     async def _first(
         self, feed: _FlightFeed, listener: Listener, resume: tuple[str, Pos, int | None] | None
-    ) -> list[SeatEvent]:
+    ) -> tuple[list[SeatEvent], Pos]:
         try:
             if resume is not None:
-                caught = await feed.catch_up(listener, *resume)
+                caught = await feed.catch_up(*resume)
                 if caught is not None:
                     return caught
             snapshot = await feed.snapshot(listener)
@@ -399,8 +413,7 @@ class SeatFeeds:
             raise Unavailable("Redis is unavailable") from exc
         if snapshot is None:
             raise Unavailable("The flight's seats are being restored; retry shortly")
-        listener._pos = parse_position(snapshot.event_id) or (0, 0)
-        return [snapshot]
+        return [snapshot], _snapshot_pos(snapshot)
 
     def _forget(self, flight_id: int, feed: _FlightFeed | None) -> None:
         if self._feeds.get(flight_id) is feed:

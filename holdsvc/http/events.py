@@ -72,9 +72,9 @@ async def stream_seats(request: web.Request, flight_id: int) -> web.StreamRespon
         await response.write(_RETRY)
         async for batch in listener.batches(request.app[SETTINGS].sse_keepalive):
             await response.write(encode(batch))
-    except (ConnectionError, RuntimeError):
-        # The client went away (aiohttp raises a ConnectionResetError subclass, or a
-        # RuntimeError for a closed transport); nothing is left to answer.
+    except ConnectionError:
+        # The client went away (aiohttp raises a ConnectionResetError subclass): nothing is
+        # left to answer.
         pass
     finally:
         listener.close()

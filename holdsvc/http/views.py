@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -22,7 +20,13 @@ from holdsvc.domain.health import Outage
 from holdsvc.domain.payments import CONFIRMED as PAY_CONFIRMED
 from holdsvc.domain.payments import DECLINED as PAY_DECLINED
 from holdsvc.domain.payments import REFUNDABLE, REFUNDED
-from holdsvc.domain.records import BookingRecord, FlightRecord, PaymentRecord, StoreUnavailable
+from holdsvc.domain.records import (
+    BookingRecord,
+    FlightRecord,
+    PaymentRecord,
+    StoreUnavailable,
+    iso_ms,
+)
 from holdsvc.domain.states import HOLDING
 from holdsvc.gateway import decline_code
 
@@ -35,18 +39,6 @@ def json_response(
     return web.Response(
         body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
     )
-
-
-@functools.lru_cache(maxsize=1024)
-def _iso_second(second: int) -> str:
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def iso_ms(ms: int) -> str:
-    """2026-12-03T13:16:25.123Z. Every answer carries two or three of these, and the
-    datetime round trip showed in the hold path's profile: the second is formatted once."""
-    second, milli = divmod(ms, 1000)
-    return f"{_iso_second(second)}.{milli:03d}Z"
 
 
 def booking_view(b: BookingRecord, now_ms: float | None = None) -> dict[str, Any]:

@@ -43,9 +43,13 @@ class HoldMeta:
     owner: str = ""
 
     def who(self) -> str:
-        """The scripts' ARGV[3]: the owner and the user joined by \x1f, or the user alone
-        when there is no owner. The scripts store it whole; neither name can hold \x1f."""
-        return f"{self.owner}\x1f{self.user_id}" if self.owner else self.user_id
+        return who(self.user_id, self.owner)
+
+
+def who(user_id: str, owner: str) -> str:
+    """The scripts' ARGV[3], a customer: the owner and the user joined by \x1f, or the user
+    alone when there is no owner. The scripts store it whole; neither name can hold \x1f."""
+    return f"{owner}\x1f{user_id}" if owner else user_id
 
 
 def _split_who(who: str) -> tuple[str, str]:

@@ -19,10 +19,10 @@ from redis.asyncio.cluster import RedisCluster
 from holdsvc.seats import keys
 from holdsvc.seats.holds import SeatStatus
 
-# The statuses the scripts write (t), and only those: another is a bug, raised.
-_STATUS = {b"h": SeatStatus.HELD, b"b": SeatStatus.BOOKED, b"a": SeatStatus.AVAILABLE}
-# Letters of lua/seat_snapshot.lua's statuses.
+# The status letters the scripts write (the stream's t, seat_snapshot.lua's statuses), and
+# only those: another is a bug, raised.
 SNAPSHOT_STATUS = {"h": SeatStatus.HELD, "b": SeatStatus.BOOKED, "a": SeatStatus.AVAILABLE}
+_STATUS = {letter.encode(): status for letter, status in SNAPSHOT_STATUS.items()}
 
 
 class UnknownStreamEntry(RuntimeError):
